@@ -1,0 +1,64 @@
+"""Typed dependencies: the broker, and what a mutation request says about itself."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Annotated, Any
+
+from fastapi import Depends, Header, Request
+from fastapi.responses import JSONResponse
+
+from ..operations.broker import Broker
+from ..operations.journal import Outcome, RequestMeta, etag
+
+
+def get_broker(request: Request) -> Broker:
+    broker: Broker = request.app.state.broker
+    return broker
+
+
+BrokerDep = Annotated[Broker, Depends(get_broker)]
+
+
+async def request_meta(
+    request: Request,
+    idempotency_key: Annotated[
+        str | None,
+        Header(
+            alias="Idempotency-Key",
+            max_length=255,
+            description="Replays the stored response for the same key and payload; 422 for another payload.",
+        ),
+    ] = None,
+    if_match: Annotated[
+        str | None,
+        Header(alias="If-Match", description="The VM's ETag; a stale one gets 412 and changes nothing."),
+    ] = None,
+) -> RequestMeta:
+    fingerprint = None
+    if idempotency_key is not None:
+        raw = await request.body()
+        try:
+            canonical: Any = json.loads(raw) if raw else None
+        except ValueError:
+            canonical = raw.decode("latin-1")
+        text = json.dumps([request.method, request.url.path, dict(request.query_params), canonical], sort_keys=True)
+        fingerprint = hashlib.sha256(text.encode()).hexdigest()
+    return RequestMeta(idempotency_key=idempotency_key, fingerprint=fingerprint, if_match=if_match)
+
+
+MetaDep = Annotated[RequestMeta, Depends(request_meta)]
+
+
+def respond(outcome: Outcome) -> JSONResponse:
+    headers = dict(outcome.headers)
+    if outcome.generation is not None:
+        headers["ETag"] = etag(outcome.generation)
+    if outcome.replayed:
+        headers["Idempotent-Replayed"] = "true"
+    return JSONResponse(outcome.body, status_code=outcome.status_code, headers=headers)
+
+
+def with_etag(body: dict[str, Any], generation: int) -> JSONResponse:
+    return JSONResponse(body, headers={"ETag": etag(generation)})

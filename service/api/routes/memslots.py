@@ -1,0 +1,48 @@
+"""/v1/vms/{vm_id}/memslots: bind gpa ranges to memfd offsets."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+from fastapi.responses import JSONResponse
+
+from ...operations import memfds, queries
+from .. import schemas
+from ..deps import BrokerDep, MetaDep, respond
+from ..problems import responses
+
+router = APIRouter(prefix="/v1/vms/{vm_id}/memslots", tags=["memslots"])
+
+
+@router.post(
+    "",
+    status_code=201,
+    response_model=schemas.Memslot,
+    summary="Create a memslot (KVM_SET_USER_MEMORY_REGION2)",
+    description="Binds [gpa, gpa+size) to memfd offsets [offset, offset+size) plus an empty shared backing. "
+    "Pages start private on VM types with private memory, shared on `default` VMs and `init_shared` memfds.",
+    responses=responses("not-found", "unaligned", "invalid-length", "out-of-range", "overlap", "slot-in-use",
+                        "foreign-memfd", "precondition-failed", "idempotency-key-reused"),
+)
+def create_memslot(vm_id: str, body: schemas.MemslotCreate, broker: BrokerDep, meta: MetaDep) -> JSONResponse:
+    return respond(
+        memfds.create_memslot(
+            broker, vm_id, slot=body.slot, gpa=body.gpa, size=body.size, memfd_id=body.memfd_id,
+            offset=body.offset, meta=meta,
+        )
+    )
+
+
+@router.get("", response_model=schemas.MemslotList, summary="List memslots", responses=responses("not-found"))
+def list_memslots(vm_id: str, broker: BrokerDep) -> JSONResponse:
+    return JSONResponse({"items": queries.list_memslots(broker, vm_id)})
+
+
+@router.delete(
+    "/{slot}",
+    response_model=schemas.Deleted,
+    summary="Delete a memslot",
+    description="Removes the binding and discards its shared backing; the memfd keeps its pages.",
+    responses=responses("not-found", "precondition-failed"),
+)
+def delete_memslot(vm_id: str, slot: int, broker: BrokerDep, meta: MetaDep) -> JSONResponse:
+    return respond(memfds.delete_memslot(broker, vm_id, slot, meta=meta))

@@ -1,0 +1,64 @@
+"""/v1/vms: create, list, read, change state, delete."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Query
+from fastapi.responses import JSONResponse
+
+from ...operations import queries, vms
+from .. import schemas
+from ..deps import BrokerDep, MetaDep, respond, with_etag
+from ..problems import responses
+
+router = APIRouter(prefix="/v1/vms", tags=["vms"])
+
+
+@router.post(
+    "",
+    status_code=201,
+    response_model=schemas.Vm,
+    summary="Create a VM",
+    responses=responses("unsupported-vm-type", "name-taken", "idempotency-key-reused"),
+)
+def create_vm(body: schemas.VmCreate, broker: BrokerDep, meta: MetaDep) -> JSONResponse:
+    return respond(vms.create_vm(broker, name=body.name, vm_type=body.vm_type, meta=meta))
+
+
+@router.get("", response_model=schemas.VmList, summary="List VMs", responses=responses())
+def list_vms(broker: BrokerDep) -> JSONResponse:
+    return JSONResponse({"items": queries.list_vms(broker)})
+
+
+@router.get("/{vm_id}", response_model=schemas.Vm, summary="Read a VM", responses=responses("not-found"))
+def get_vm(vm_id: str, broker: BrokerDep) -> JSONResponse:
+    body = queries.get_vm(broker, vm_id)
+    return with_etag(body, body["generation"])
+
+
+@router.patch(
+    "/{vm_id}",
+    response_model=schemas.Vm,
+    summary="Change a VM's state",
+    responses=responses("not-found", "invalid-transition", "precondition-failed"),
+)
+def patch_vm(vm_id: str, body: schemas.VmPatch, broker: BrokerDep, meta: MetaDep) -> JSONResponse:
+    return respond(vms.set_vm_state(broker, vm_id, state=body.state.value, meta=meta))
+
+
+@router.delete(
+    "/{vm_id}",
+    response_model=schemas.Deleted,
+    summary="Delete a VM",
+    description="Refused with 409 `in-use` while the VM has memfds or memslots, unless `force=true`, "
+    "which releases memslots, then memfds, then the VM, as one journalled operation.",
+    responses=responses("not-found", "in-use", "precondition-failed"),
+)
+def delete_vm(
+    vm_id: str,
+    broker: BrokerDep,
+    meta: MetaDep,
+    force: Annotated[bool, Query(description="release memslots and memfds first")] = False,
+) -> JSONResponse:
+    return respond(vms.delete_vm(broker, vm_id, force=force, meta=meta))

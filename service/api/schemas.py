@@ -1,0 +1,220 @@
+"""Request and response bodies (DESIGN section 7.1). Unknown fields are refused."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from ..domain.model import MAX_MEMSLOTS
+
+U64 = (1 << 64) - 1
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class VmTypeName(StrEnum):
+    default = "default"
+    sw_protected = "sw_protected"
+    sev_snp = "sev_snp"
+    tdx = "tdx"
+
+
+class VmStateName(StrEnum):
+    created = "created"
+    running = "running"
+    stopped = "stopped"
+
+
+class AttributeName(StrEnum):
+    private = "private"
+    shared = "shared"
+
+
+class VmCreate(Strict):
+    name: str | None = Field(None, min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+    vm_type: str = Field("default", description="default, sw_protected, sev_snp or tdx; what the backend offers is in GET /v1/host")
+
+
+class VmPatch(Strict):
+    state: VmStateName
+
+
+class Vm(BaseModel):
+    id: str
+    name: str
+    vm_type: str
+    state: VmStateName
+    generation: int
+    created_at: datetime
+    updated_at: datetime
+    memfds: int
+    memslots: int
+
+
+class VmList(BaseModel):
+    items: list[Vm]
+
+
+class Deleted(BaseModel):
+    operation_id: str
+    generation: int
+    released: dict[str, list[Any]] | None = None
+
+
+class MemfdCreate(Strict):
+    size: int = Field(..., ge=0, le=U64, description="bytes, page aligned, > 0", examples=[16777216])
+    flags: list[str] = Field(default_factory=list, description="subset of mmap, init_shared")
+
+
+class Memfd(BaseModel):
+    id: str
+    vm_id: str
+    size: int
+    flags: list[str]
+    allocated: int = Field(..., description="bytes of private backing allocated")
+    memslots: list[int]
+    created_at: datetime
+    operation_id: str | None = None
+    generation: int | None = None
+
+
+class MemfdList(BaseModel):
+    items: list[Memfd]
+
+
+class MemslotCreate(Strict):
+    slot: int = Field(..., ge=0, lt=MAX_MEMSLOTS)
+    gpa: int = Field(..., ge=0, le=U64, examples=[4294967296])
+    size: int = Field(..., ge=0, le=U64, examples=[16777216])
+    memfd_id: str
+    offset: int = Field(0, ge=0, le=U64)
+
+
+class Memslot(BaseModel):
+    slot: int
+    gpa: int
+    size: int
+    memfd_id: str
+    offset: int
+    created_at: datetime
+    operation_id: str | None = None
+    generation: int | None = None
+
+
+class MemslotList(BaseModel):
+    items: list[Memslot]
+
+
+class ByteRange(Strict):
+    offset: int = Field(..., ge=0, le=U64, examples=[0])
+    length: int = Field(..., ge=0, le=U64, examples=[1048576])
+
+
+class PunchHole(ByteRange):
+    allow_private: bool = Field(False, description="punch allocated private pages of a running VM")
+
+
+class GpaRange(Strict):
+    gpa: int = Field(..., ge=0, le=U64)
+    size: int = Field(..., ge=0, le=U64)
+
+
+class ConvertRange(GpaRange):
+    to: AttributeName
+
+
+class Convert(Strict):
+    ranges: list[ConvertRange] = Field(..., min_length=1)
+
+
+class Allocated(BaseModel):
+    operation_id: str
+    generation: int
+    pages_allocated: int
+
+
+class Punched(BaseModel):
+    operation_id: str
+    generation: int
+    pages_freed: int
+
+
+class Converted(BaseModel):
+    operation_id: str
+    generation: int
+    pages_converted: int
+    private_pages_freed: int
+    shared_pages_freed: int
+
+
+class VmExtent(BaseModel):
+    gpa: int
+    size: int
+    attribute: AttributeName
+    private_backing: str
+    shared_backing: str
+
+
+class VmExtents(BaseModel):
+    items: list[VmExtent]
+    next_cursor: str | None
+    generation: int
+
+
+class MemfdExtent(BaseModel):
+    offset: int
+    size: int
+    state: str
+
+
+class MemfdExtents(BaseModel):
+    items: list[MemfdExtent]
+    next_cursor: str | None
+    generation: int
+
+
+class OperationView(BaseModel):
+    id: str
+    seq: int
+    kind: str
+    status: str
+    generation: int
+    request: dict[str, Any]
+    result: dict[str, Any] | None
+    error: dict[str, Any] | None
+    created_at: datetime
+    finished_at: datetime | None
+
+
+class OperationList(BaseModel):
+    items: list[OperationView]
+    next_cursor: str | None
+
+
+class NumaNodeView(BaseModel):
+    id: int
+    total_pages: int
+    free_pages: int
+
+
+class Host(BaseModel):
+    backend: str
+    page_size: int
+    vm_types: list[str]
+    memfd_flags: list[str]
+    capabilities: dict[str, int]
+    enforcement: dict[str, str]
+    numa_nodes: list[NumaNodeView]
+    budget: dict[str, int]
+    vms: dict[str, int]
+    reconcile: list[str]
+
+
+class Health(BaseModel):
+    status: str
+    detail: str | None = None

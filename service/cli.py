@@ -1,0 +1,112 @@
+"""The ``gmem-broker`` command: serve, db upgrade, openapi, bench."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from .settings import Settings
+
+cli = typer.Typer(
+    help="gmem-broker: the control plane for confidential-VM private memory.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+db = typer.Typer(help="Database schema (Alembic migrations).", no_args_is_help=True)
+cli.add_typer(db, name="db")
+
+
+@cli.command()
+def serve(
+    host: Annotated[str | None, typer.Option(help="bind address (default GMEM_BROKER_HOST or 127.0.0.1)")] = None,
+    port: Annotated[int | None, typer.Option(help="TCP port (default GMEM_BROKER_PORT or 8000)")] = None,
+) -> None:
+    """Serve the REST API (one process: it owns the VMs' kernel objects)."""
+    import uvicorn
+
+    from .app import create_app
+    from .backends.factory import BackendUnavailable
+    from .store.db import make_engine
+    from .store.migrate import schema_status
+
+    settings = Settings()
+    engine = make_engine(settings.database_url)
+    status = schema_status(engine, settings.database_url)
+    if not status.ok:
+        typer.echo(f"gmem-broker: refusing to start: {status.problem()}", err=True)
+        raise typer.Exit(2)
+    try:
+        app = create_app(settings, engine=engine)
+    except BackendUnavailable as exc:
+        typer.echo(f"gmem-broker: refusing to start: {exc}", err=True)
+        raise typer.Exit(2) from exc
+    uvicorn.run(
+        app,
+        host=host or settings.host,
+        port=port if port is not None else settings.port,
+        log_level=settings.log_level,
+        access_log=False,
+    )
+
+
+@db.command("upgrade")
+def db_upgrade(revision: Annotated[str, typer.Argument(help="target revision")] = "head") -> None:
+    """Run the Alembic migrations up to REVISION."""
+    from .store.migrate import upgrade
+
+    settings = Settings()
+    upgrade(settings.database_url, revision)
+    typer.echo(f"gmem-broker: database at {revision}")
+
+
+@db.command("status")
+def db_status() -> None:
+    """Show the schema revision of the database and of the code."""
+    from .store.db import make_engine
+    from .store.migrate import schema_status
+
+    settings = Settings()
+    status = schema_status(make_engine(settings.database_url), settings.database_url)
+    typer.echo(f"database: {status.current or '(none)'}  code: {status.head}")
+    if not status.ok:
+        typer.echo(status.problem(), err=True)
+        raise typer.Exit(1)
+
+
+@cli.command()
+def openapi(
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="file to write (default stdout)")] = None,
+) -> None:
+    """Print (or write) the OpenAPI document generated from the app."""
+    from .openapi_doc import openapi_json
+
+    text = openapi_json()
+    if output is None:
+        sys.stdout.write(text)
+    else:
+        output.write_text(text)
+        typer.echo(f"wrote {output}")
+
+
+@cli.command()
+def bench(
+    duration: Annotated[float, typer.Option(help="seconds per measurement")] = 5.0,
+    connections: Annotated[int, typer.Option(help="concurrent connections")] = 16,
+    batch_ranges: Annotated[int, typer.Option(help="ranges per convert batch")] = 1000,
+    range_pages: Annotated[int, typer.Option(help="pages per range in batches")] = 64,
+    json_out: Annotated[bool, typer.Option("--json", help="print the figures as JSON")] = False,
+) -> None:
+    """Start the service on a fresh SQLite file and measure it over loopback."""
+    from .bench import run_bench
+
+    figures = run_bench(duration=duration, connections=connections, batch_ranges=batch_ranges, range_pages=range_pages)
+    if json_out:
+        typer.echo(json.dumps(figures, indent=2))
+
+
+def main() -> None:
+    cli()

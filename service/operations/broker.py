@@ -1,0 +1,133 @@
+"""The broker's process-wide state: the store, the backend, cached aggregates, per-VM locks.
+
+The broker owns its VMs' kernel objects, and the kernel lets only the creating process use a VM fd
+(DESIGN rule 6), so one process serves a host. That is what makes it sound to keep each VM
+aggregate in memory between requests: the database is the durable copy, written on every
+mutation, and an aggregate is reloaded from it whenever a write did not complete.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+
+from ..backends.protocol import MemoryBackend
+from ..domain import effects as fx
+from ..domain.errors import NotFound
+from ..domain.model import Vm
+from .ports import UnitOfWorkFactory
+
+log = logging.getLogger("gmem_broker")
+
+_CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
+
+
+def new_id(prefix: str) -> str:
+    """A sortable unique id: 48 bits of milliseconds then 80 random bits, Crockford base32."""
+    value = (int(time.time() * 1000) << 80) | int.from_bytes(secrets.token_bytes(10), "big")
+    chars = []
+    for _ in range(26):
+        chars.append(_CROCKFORD[value & 31])
+        value >>= 5
+    return f"{prefix}_{''.join(reversed(chars)).lower()}"
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class Broker:
+    def __init__(
+        self,
+        *,
+        uow: UnitOfWorkFactory,
+        backend: MemoryBackend,
+        clock: Callable[[], datetime] = utcnow,
+        max_batch: int = 10_000,
+    ) -> None:
+        self.uow = uow
+        self.backend = backend
+        self.clock = clock
+        self.max_batch = max_batch
+        self._vms: dict[str, Vm] = {}
+        self._locks: dict[str, threading.Lock] = {}
+        self._registry_lock = threading.Lock()
+        self.create_lock = threading.Lock()
+        # VMs with a journalled operation whose backend effects did not all apply.
+        self.needs_replay: set[str] = set()
+        self.ready = False
+        self.reconcile_report: list[str] = []
+
+    @contextmanager
+    def locked(self, vm_id: str) -> Iterator[None]:
+        """Serialize mutations of one VM; other VMs proceed in parallel."""
+        with self._registry_lock:
+            lock = self._locks.setdefault(vm_id, threading.Lock())
+        with lock:
+            yield
+
+    def vm(self, vm_id: str) -> Vm:
+        """The cached aggregate; call with the VM's lock held."""
+        vm = self._vms.get(vm_id)
+        if vm is None:
+            with self.uow() as uow:
+                vm = uow.vms.load(vm_id)
+            if vm is None:
+                raise NotFound(f"VM {vm_id!r} not found")
+            self._vms[vm_id] = vm
+        return vm
+
+    def vms(self) -> list[Vm]:
+        return sorted(self._vms.values(), key=lambda v: (v.created_at, v.id))
+
+    def cache(self, vm: Vm) -> None:
+        self._vms[vm.id] = vm
+
+    def forget(self, vm_id: str) -> None:
+        """Drop the cached aggregate: after a failed write, or when the VM is gone."""
+        self._vms.pop(vm_id, None)
+
+    def load_all(self) -> list[Vm]:
+        with self.uow() as uow:
+            vms = uow.vms.load_all()
+        self._vms = {vm.id: vm for vm in vms}
+        return vms
+
+    def execute(self, effects: list[fx.Effect]) -> None:
+        """Apply effects in order; raises BackendError with ``.applied`` set to how many succeeded."""
+        b = self.backend
+        for done, e in enumerate(effects):
+            try:
+                match e:
+                    case fx.CreateVm():
+                        b.create_vm(e.vm_id, e.vm_type)
+                    case fx.DestroyVm():
+                        b.destroy_vm(e.vm_id)
+                    case fx.CreateMemfd():
+                        b.create_memfd(e.vm_id, e.memfd_id, e.npages, e.flags)
+                    case fx.CloseMemfd():
+                        b.close_memfd(e.vm_id, e.memfd_id)
+                    case fx.BindMemslot():
+                        b.bind_memslot(e.vm_id, e.slot, e.gfn, e.npages, e.memfd_id, e.pgoff)
+                    case fx.UnbindMemslot():
+                        b.unbind_memslot(e.vm_id, e.slot)
+                    case fx.Allocate():
+                        b.allocate(e.vm_id, e.memfd_id, e.pgoff, e.npages)
+                    case fx.PunchHole():
+                        b.punch_hole(e.vm_id, e.memfd_id, e.pgoff, e.npages)
+                    case fx.SetAttributes():
+                        b.set_attributes(e.vm_id, e.gfn, e.npages, e.attribute)
+                    case fx.PopulateShared():
+                        b.populate_shared(e.vm_id, e.gfn, e.npages)
+                    case fx.DiscardShared():
+                        b.discard_shared(e.vm_id, e.gfn, e.npages)
+                    case _:
+                        raise TypeError(f"unknown effect {e!r}")
+            except Exception as exc:
+                exc.applied = done  # type: ignore[attr-defined]
+                raise

@@ -1,0 +1,76 @@
+"""Use cases: allocate, punch-hole, populate the shared backing, convert."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from ..domain import effects as fx
+from ..domain.errors import BatchTooLarge, InvalidLength, UnsupportedAttribute
+from ..domain.model import Attribute, Range, Vm
+from ..domain.units import to_pages
+from .broker import Broker
+from .journal import Outcome, RequestMeta, mutate
+
+
+def allocate(broker: Broker, vm_id: str, memfd_id: str, *, offset: int, length: int, meta: RequestMeta) -> Outcome:
+    pgoff, pgoff_end = to_pages(offset, length, what="allocate")
+
+    def change(vm: Vm, now: datetime, op_id: str) -> tuple[dict[str, Any], list[fx.Effect]]:
+        added, effects = vm.allocate(memfd_id, pgoff, pgoff_end, now)
+        return {"operation_id": op_id, "generation": vm.generation, "pages_allocated": added}, effects
+
+    request = {"memfd_id": memfd_id, "offset": offset, "length": length}
+    return mutate(broker, vm_id, "allocate", request, meta, change)
+
+
+def punch_hole(
+    broker: Broker, vm_id: str, memfd_id: str, *, offset: int, length: int, allow_private: bool, meta: RequestMeta
+) -> Outcome:
+    pgoff, pgoff_end = to_pages(offset, length, what="punch-hole")
+
+    def change(vm: Vm, now: datetime, op_id: str) -> tuple[dict[str, Any], list[fx.Effect]]:
+        freed, effects = vm.punch_hole(memfd_id, pgoff, pgoff_end, now, allow_private=allow_private)
+        return {"operation_id": op_id, "generation": vm.generation, "pages_freed": freed}, effects
+
+    request = {"memfd_id": memfd_id, "offset": offset, "length": length, "allow_private": allow_private}
+    return mutate(broker, vm_id, "punch-hole", request, meta, change)
+
+
+def populate_shared(broker: Broker, vm_id: str, *, gpa: int, size: int, meta: RequestMeta) -> Outcome:
+    gfn, gfn_end = to_pages(gpa, size, what="populate-shared")
+
+    def change(vm: Vm, now: datetime, op_id: str) -> tuple[dict[str, Any], list[fx.Effect]]:
+        added, effects = vm.populate_shared(gfn, gfn_end, now)
+        return {"operation_id": op_id, "generation": vm.generation, "pages_allocated": added}, effects
+
+    return mutate(broker, vm_id, "populate-shared", {"gpa": gpa, "size": size}, meta, change)
+
+
+def convert(broker: Broker, vm_id: str, *, ranges: list[dict[str, Any]], meta: RequestMeta) -> Outcome:
+    if not ranges:
+        raise InvalidLength("a convert batch needs at least one range")
+    if len(ranges) > broker.max_batch:
+        raise BatchTooLarge(f"{len(ranges)} ranges in one batch; the limit is {broker.max_batch}")
+    parsed: list[Range] = []
+    for i, r in enumerate(ranges):
+        gfn, gfn_end = to_pages(r["gpa"], r["size"], what=f"ranges[{i}]")
+        try:
+            to = Attribute(r["to"])
+        except ValueError:
+            raise UnsupportedAttribute(
+                f"ranges[{i}]: attribute {r['to']!r} is not one of private, shared", errno="EINVAL"
+            ) from None
+        parsed.append(Range(gfn, gfn_end, to))
+
+    def change(vm: Vm, now: datetime, op_id: str) -> tuple[dict[str, Any], list[fx.Effect]]:
+        outcome, effects = vm.convert(parsed, now)
+        return {
+            "operation_id": op_id,
+            "generation": vm.generation,
+            "pages_converted": outcome.pages_converted,
+            "private_pages_freed": outcome.private_pages_freed,
+            "shared_pages_freed": outcome.shared_pages_freed,
+        }, effects
+
+    return mutate(broker, vm_id, "convert", {"ranges": ranges}, meta, change)

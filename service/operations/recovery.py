@@ -1,0 +1,56 @@
+"""Start-up: rebuild backend objects, replay pending operations, reconcile, report."""
+
+from __future__ import annotations
+
+from ..domain import effects as fx
+from ..domain.operation import OperationStatus
+from .broker import Broker, log
+
+
+def recover(broker: Broker) -> list[str]:
+    """Bring the backend in line with the journal; return the disagreements found (never fixed)."""
+    vms = broker.load_all()
+    for vm in vms:
+        if not broker.backend.restore(vm):
+            log.warning("VM %s: backend objects are gone", vm.id)
+
+    with broker.uow() as uow:
+        pending = uow.journal.pending()
+    for op in pending:
+        # Backend calls are idempotent: applying a pending operation's effects again is safe
+        # whether the crash came before, during or after them.
+        broker.execute([fx.effect_from_json(e) for e in op.effects])
+        with broker.uow() as uow:
+            uow.journal.finish(
+                op.id, OperationStatus.APPLIED, result=op.result, error=None, response_status=op.response_status
+            )
+            uow.commit()
+        log.info("replayed pending operation %s (%s on %s)", op.id, op.kind, op.vm_id)
+
+    report = reconcile(broker)
+    for line in report:
+        log.warning("reconcile: %s", line)
+    broker.reconcile_report = report
+    broker.ready = True
+    return report
+
+
+def reconcile(broker: Broker) -> list[str]:
+    inventory = broker.backend.inventory()
+    report: list[str] = []
+    for vm in broker.vms():
+        held = inventory.get(vm.id)
+        if held is None:
+            report.append(f"VM {vm.id}: in the database, not in the backend")
+            continue
+        if held.memslots != set(vm.memslots):
+            report.append(f"VM {vm.id}: memslots {sorted(vm.memslots)} stored, {sorted(held.memslots)} in the backend")
+        for memfd in vm.memfds.values():
+            stored = [(e.start, e.end) for e in memfd.population]
+            if memfd.id not in held.memfds:
+                report.append(f"VM {vm.id}: memfd {memfd.id} missing from the backend")
+            elif held.memfds[memfd.id] != stored:
+                report.append(f"VM {vm.id}: memfd {memfd.id} population differs from the backend")
+    known = {vm.id for vm in broker.vms()}
+    report += [f"VM {vm_id}: in the backend, not in the database" for vm_id in inventory if vm_id not in known]
+    return report

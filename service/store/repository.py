@@ -1,0 +1,273 @@
+"""SQLAlchemy repositories: VM aggregates in and out of rows, and the operation journal.
+
+Writes are the net change an operation made (``Changes``), so one operation costs rows in
+proportion to the extents it touched, never to the pages.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import Connection, and_, delete, insert, or_, select, update
+
+from ..domain.extents import Extent, ExtentMap
+from ..domain.model import Attribute, Changes, Memfd, MemfdFlag, Memslot, Population, Vm, VmState, VmType
+from ..domain.operation import Operation, OperationStatus
+from .models import ExtentRow, MemfdRow, MemslotRow, OperationRow, VmRow
+
+_VALUE_TYPES: dict[str, type[Attribute] | type[Population]] = {
+    "attribute": Attribute,
+    "shared": Population,
+    "population": Population,
+}
+# Rows deleted per statement: stays under SQLite's host-parameter limit with room to spare.
+_CHUNK = 300
+
+
+def _utc(ts: datetime) -> datetime:
+    return ts if ts.tzinfo is not None else ts.replace(tzinfo=UTC)
+
+
+def _chunks(items: list[Any]) -> Iterable[list[Any]]:
+    for i in range(0, len(items), _CHUNK):
+        yield items[i : i + _CHUNK]
+
+
+class SqlVmRepository:
+    def __init__(self, conn: Connection) -> None:
+        self._conn = conn
+
+    def name_taken(self, name: str) -> bool:
+        return self._conn.execute(select(VmRow.id).where(VmRow.name == name)).first() is not None
+
+    def load_all(self) -> list[Vm]:
+        ids = self._conn.execute(select(VmRow.id).order_by(VmRow.created_at, VmRow.id)).scalars().all()
+        return [vm for vm_id in ids if (vm := self.load(vm_id)) is not None]
+
+    def load(self, vm_id: str) -> Vm | None:
+        row = self._conn.execute(select(VmRow).where(VmRow.id == vm_id)).mappings().first()
+        if row is None:
+            return None
+        runs: dict[tuple[str, str], list[Extent[Any]]] = defaultdict(list)
+        for e in self._conn.execute(
+            select(ExtentRow.map, ExtentRow.owner, ExtentRow.start, ExtentRow.end, ExtentRow.value).where(
+                ExtentRow.vm_id == vm_id
+            )
+        ):
+            runs[(e.map, e.owner)].append(Extent(e.start, e.end, _VALUE_TYPES[e.map](e.value)))
+        memfds = [
+            Memfd(
+                id=m.id,
+                vm_id=vm_id,
+                npages=m.npages,
+                flags=frozenset(MemfdFlag(f) for f in m.flags.split(",") if f),
+                created_at=_utc(m.created_at),
+                population=ExtentMap(runs[("population", m.id)]),
+            )
+            for m in self._conn.execute(select(MemfdRow).where(MemfdRow.vm_id == vm_id)).mappings()
+        ]
+        memslots = [
+            Memslot(s.slot, s.gfn, s.npages, s.memfd_id, s.pgoff, _utc(s.created_at))
+            for s in self._conn.execute(select(MemslotRow).where(MemslotRow.vm_id == vm_id)).mappings()
+        ]
+        return Vm(
+            id=row["id"],
+            name=row["name"],
+            vm_type=VmType(row["vm_type"]),
+            state=VmState(row["state"]),
+            generation=row["generation"],
+            created_at=_utc(row["created_at"]),
+            updated_at=_utc(row["updated_at"]),
+            memfds=memfds,
+            memslots=memslots,
+            attributes=ExtentMap(runs[("attribute", "")]),
+            shared=ExtentMap(runs[("shared", "")]),
+        )
+
+    def apply(self, changes: Changes, *, undo: bool = False) -> None:
+        """Write ``changes``, or with ``undo`` write their inverse (after a failed backend call)."""
+        vm = changes.vm
+        created, deleted = changes.created, changes.deleted
+        memfds_added, memfds_removed = changes.memfds_added, changes.memfds_removed
+        slots_added, slots_removed = changes.memslots_added, changes.memslots_removed
+        if undo:
+            created, deleted = deleted, created
+            memfds_added, memfds_removed = memfds_removed, memfds_added
+            slots_added, slots_removed = slots_removed, slots_added
+        conn = self._conn
+
+        if created:
+            conn.execute(
+                insert(VmRow).values(
+                    id=vm.id,
+                    name=vm.name,
+                    vm_type=vm.vm_type.value,
+                    state=(changes.previous_state if undo else vm.state).value,
+                    generation=changes.previous_generation if undo else vm.generation,
+                    created_at=vm.created_at,
+                    updated_at=changes.previous_updated_at if undo else vm.updated_at,
+                )
+            )
+        for memfd in memfds_added:
+            conn.execute(
+                insert(MemfdRow).values(
+                    id=memfd.id,
+                    vm_id=vm.id,
+                    npages=memfd.npages,
+                    flags=",".join(sorted(memfd.flags)),
+                    created_at=memfd.created_at,
+                )
+            )
+            self._insert_extents(vm.id, "population", memfd.id, list(memfd.population))
+        for slot in slots_added:
+            conn.execute(
+                insert(MemslotRow).values(
+                    vm_id=vm.id,
+                    slot=slot.slot,
+                    gfn=slot.gfn,
+                    npages=slot.npages,
+                    memfd_id=slot.memfd_id,
+                    pgoff=slot.pgoff,
+                    created_at=slot.created_at,
+                )
+            )
+
+        for (map_name, owner), delta in changes.maps.items():
+            if undo:
+                delta = delta.inverted()
+            self._delete_extents(vm.id, map_name, owner, [e.start for e in delta.removed])
+            self._insert_extents(vm.id, map_name, owner, list(delta.added))
+
+        for slot in slots_removed:
+            conn.execute(delete(MemslotRow).where(MemslotRow.vm_id == vm.id, MemslotRow.slot == slot.slot))
+        for memfd in memfds_removed:
+            conn.execute(
+                delete(ExtentRow).where(
+                    ExtentRow.vm_id == vm.id, ExtentRow.map == "population", ExtentRow.owner == memfd.id
+                )
+            )
+            conn.execute(delete(MemfdRow).where(MemfdRow.id == memfd.id))
+        if deleted:
+            conn.execute(delete(ExtentRow).where(ExtentRow.vm_id == vm.id))
+            conn.execute(delete(VmRow).where(VmRow.id == vm.id))
+        elif not created:
+            conn.execute(
+                update(VmRow)
+                .where(VmRow.id == vm.id)
+                .values(
+                    state=(changes.previous_state if undo else vm.state).value,
+                    generation=changes.previous_generation if undo else vm.generation,
+                    updated_at=changes.previous_updated_at if undo else vm.updated_at,
+                )
+            )
+
+    def _delete_extents(self, vm_id: str, map_name: str, owner: str, starts: list[int]) -> None:
+        for chunk in _chunks(sorted(starts)):
+            self._conn.execute(
+                delete(ExtentRow).where(
+                    ExtentRow.vm_id == vm_id,
+                    ExtentRow.map == map_name,
+                    ExtentRow.owner == owner,
+                    ExtentRow.start.in_(chunk),
+                )
+            )
+
+    def _insert_extents(self, vm_id: str, map_name: str, owner: str, extents: list[Extent[Any]]) -> None:
+        if extents:
+            self._conn.execute(
+                insert(ExtentRow),
+                [
+                    {"vm_id": vm_id, "map": map_name, "owner": owner, "start": e.start, "end": e.end, "value": str(e.value)}
+                    for e in extents
+                ],
+            )
+
+
+def _to_operation(row: Any) -> Operation:
+    return Operation(
+        id=row.id,
+        vm_id=row.vm_id,
+        kind=row.kind,
+        status=OperationStatus(row.status),
+        request=row.request,
+        effects=row.effects,
+        generation=row.generation,
+        created_at=_utc(row.created_at),
+        seq=row.seq,
+        result=row.result,
+        error=row.error,
+        response_status=row.response_status,
+        idempotency_key=row.idempotency_key,
+        fingerprint=row.fingerprint,
+        finished_at=_utc(row.finished_at) if row.finished_at else None,
+    )
+
+
+class SqlJournal:
+    def __init__(self, conn: Connection) -> None:
+        self._conn = conn
+
+    def add(self, op: Operation) -> None:
+        op.seq = self._conn.execute(
+            insert(OperationRow)
+            .values(
+                id=op.id,
+                vm_id=op.vm_id,
+                kind=op.kind,
+                status=op.status.value,
+                request=op.request,
+                effects=op.effects,
+                generation=op.generation,
+                result=op.result,
+                error=op.error,
+                response_status=op.response_status,
+                idempotency_key=op.idempotency_key,
+                fingerprint=op.fingerprint,
+                created_at=op.created_at,
+                finished_at=op.finished_at,
+            )
+            .returning(OperationRow.seq)
+        ).scalar_one()
+
+    def finish(
+        self,
+        op_id: str,
+        status: OperationStatus,
+        *,
+        result: dict[str, Any] | None,
+        error: dict[str, Any] | None,
+        response_status: int | None,
+    ) -> None:
+        self._conn.execute(
+            update(OperationRow)
+            .where(OperationRow.id == op_id)
+            .values(
+                status=status.value,
+                result=result,
+                error=error,
+                response_status=response_status,
+                finished_at=datetime.now(UTC),
+            )
+        )
+
+    def by_key(self, key: str) -> Operation | None:
+        row = self._conn.execute(select(OperationRow).where(OperationRow.idempotency_key == key)).first()
+        return _to_operation(row) if row is not None else None
+
+    def pending(self) -> list[Operation]:
+        rows = self._conn.execute(
+            select(OperationRow).where(OperationRow.status == OperationStatus.PENDING.value).order_by(OperationRow.seq)
+        )
+        return [_to_operation(r) for r in rows]
+
+    def list(self, vm_id: str, *, after_seq: int, limit: int) -> list[Operation]:
+        rows = self._conn.execute(
+            select(OperationRow)
+            .where(and_(OperationRow.vm_id == vm_id, or_(OperationRow.seq > after_seq)))
+            .order_by(OperationRow.seq)
+            .limit(limit)
+        )
+        return [_to_operation(r) for r in rows]
