@@ -24,7 +24,8 @@ from service.backends.sim import SimBackend
 from service.settings import Settings
 from service.store.migrate import upgrade
 
-from .pgcluster import ThrowawayCluster, pytest_skip_reason
+from . import pgcluster
+from .pgcluster import ThrowawayCluster
 
 DATABASES = ["sqlite", "postgresql"]
 
@@ -36,7 +37,7 @@ def pg_cluster() -> Iterator[ThrowawayCluster | str]:
     if external:
         yield external
         return
-    reason = pytest_skip_reason()
+    reason = pgcluster.pytest_skip_reason()
     if reason is not None:
         pytest.skip(f"PostgreSQL tests skipped: {reason}")
     with ThrowawayCluster() as cluster:
