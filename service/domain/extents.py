@@ -210,6 +210,8 @@ def sweep(
     Yields ``(start, end, values)`` for every piece over which no map changes value; the pieces
     are not merged, callers coalesce what they consider equal.
     """
+    if start >= end:
+        return
     iters = [m.segments(start + shift, end + shift) for m, shift in maps]
     shifts = [shift for _, shift in maps]
     current = [next(it) for it in iters]
