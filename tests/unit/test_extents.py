@@ -1,0 +1,301 @@
+"""ExtentMap and sweep: examples, then a property test against a naive page -> value dict."""
+
+from __future__ import annotations
+
+from itertools import groupby
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from service.domain.extents import Delta, Extent, ExtentMap, sweep
+
+# The naive model's domain: pages 0..DOMAIN-1; windows and updates may reach a little past it.
+DOMAIN = 64
+LO, HI = -4, DOMAIN + 4
+VALUES = ("a", "b", "c")
+
+Run = tuple[int, int, str]
+Piece = tuple[int, int, str | None]
+
+
+def runs(m: ExtentMap[str]) -> list[Run]:
+    return [(e.start, e.end, e.value) for e in m]
+
+
+def rle(pages: dict[int, str], start: int, end: int) -> list[Piece]:
+    """Run-length encoding of ``[start, end)`` in the naive model, gaps as None."""
+    out: list[Piece] = []
+    pos = start
+    for value, group in groupby(range(start, end), key=pages.get):
+        n = len(list(group))
+        out.append((pos, pos + n, value))
+        pos += n
+    return out
+
+
+def naive_runs(pages: dict[int, str]) -> list[Run]:
+    return [(s, e, v) for s, e, v in rle(pages, LO, HI) if v is not None]
+
+
+def assert_maximal(m: ExtentMap[str]) -> None:
+    rs = runs(m)
+    assert len(m) == len(rs)
+    for s, e, _ in rs:
+        assert s < e, f"empty run in {rs}"
+    for (_, e1, v1), (s2, _, v2) in zip(rs, rs[1:], strict=False):
+        assert e1 <= s2, f"overlapping runs in {rs}"
+        assert not (e1 == s2 and v1 == v2), f"runs not maximal: {rs}"
+
+
+# -- examples -----------------------------------------------------------------------------------
+
+
+def test_empty_map() -> None:
+    m: ExtentMap[str] = ExtentMap()
+    assert len(m) == 0
+    assert m.get(0) is None
+    assert list(m.extents_in(0, 10)) == []
+    assert [(s.start, s.end, s.value) for s in m.segments(0, 10)] == [(0, 10, None)]
+    assert m.count(0, 10, "a") == 0
+    assert m.covered(0, 10) == 0
+    assert not m.drain()
+
+
+def test_set_returns_pages_changed_and_merges_neighbours() -> None:
+    m: ExtentMap[str] = ExtentMap()
+    assert m.set(0, 4, "a") == 4
+    assert m.set(8, 12, "a") == 4
+    assert runs(m) == [(0, 4, "a"), (8, 12, "a")]
+    # Filling the gap merges all three into one run; only the gap's pages changed.
+    assert m.set(2, 10, "a") == 4
+    assert runs(m) == [(0, 12, "a")]
+    # Setting what is already there changes nothing.
+    assert m.set(0, 12, "a") == 0
+    assert m.set(3, 3, "b") == 0
+    assert m.set(5, 2, "b") == 0
+    assert runs(m) == [(0, 12, "a")]
+
+
+def test_set_splits_and_clears() -> None:
+    m: ExtentMap[str] = ExtentMap()
+    m.set(0, 10, "a")
+    assert m.set(3, 5, "b") == 2
+    assert runs(m) == [(0, 3, "a"), (3, 5, "b"), (5, 10, "a")]
+    assert m.set(4, 7, None) == 3
+    assert runs(m) == [(0, 3, "a"), (3, 4, "b"), (7, 10, "a")]
+    # Clearing a range that is already empty changes nothing.
+    assert m.set(4, 7, None) == 0
+    assert m.set(20, 30, None) == 0
+    # Writing the same value back joins the pieces again.
+    assert m.set(3, 7, "a") == 4
+    assert runs(m) == [(0, 10, "a")]
+
+
+def test_set_touching_run_of_other_value_does_not_merge() -> None:
+    m: ExtentMap[str] = ExtentMap()
+    m.set(0, 4, "a")
+    m.set(4, 8, "b")
+    m.set(8, 12, "a")
+    assert runs(m) == [(0, 4, "a"), (4, 8, "b"), (8, 12, "a")]
+    assert m.set(4, 8, "a") == 4
+    assert runs(m) == [(0, 12, "a")]
+
+
+def test_get_at_boundaries() -> None:
+    m: ExtentMap[str] = ExtentMap()
+    m.set(5, 10, "a")
+    assert [m.get(p) for p in (3, 4, 5, 9, 10, 11)] == [None, None, "a", "a", None, None]
+
+
+def test_extents_in_clips_to_window() -> None:
+    m: ExtentMap[str] = ExtentMap()
+    m.set(0, 10, "a")
+    m.set(20, 30, "b")
+    got = [(e.start, e.end, e.value) for e in m.extents_in(5, 25)]
+    assert got == [(5, 10, "a"), (20, 25, "b")]
+    assert list(m.extents_in(10, 20)) == []
+    assert list(m.extents_in(25, 25)) == []
+    assert [(e.start, e.end) for e in m.extents_in(9, 10)] == [(9, 10)]
+
+
+def test_segments_cover_window_exactly() -> None:
+    m: ExtentMap[str] = ExtentMap()
+    m.set(2, 4, "a")
+    m.set(6, 8, "b")
+    got = [(s.start, s.end, s.value) for s in m.segments(0, 10)]
+    assert got == [(0, 2, None), (2, 4, "a"), (4, 6, None), (6, 8, "b"), (8, 10, None)]
+    assert list(m.segments(5, 5)) == []
+
+
+def test_count_and_covered() -> None:
+    m: ExtentMap[str] = ExtentMap()
+    m.set(0, 10, "a")
+    m.set(4, 6, "b")
+    assert m.count(0, 10, "a") == 8
+    assert m.count(3, 5, "b") == 1
+    assert m.covered(-5, 20) == 10
+    assert m.covered(8, 20) == 2
+
+
+def test_construct_from_extents() -> None:
+    m = ExtentMap([Extent(10, 20, "b"), Extent(0, 5, "a")])
+    assert runs(m) == [(0, 5, "a"), (10, 20, "b")]
+    # Loading does not count as a change.
+    assert not m.drain()
+
+
+def test_drain_reports_net_change_and_restarts() -> None:
+    m = ExtentMap([Extent(0, 10, "a")])
+    m.set(3, 5, "b")
+    delta = m.drain()
+    assert delta.removed == {Extent(0, 10, "a")}
+    assert delta.added == {Extent(0, 3, "a"), Extent(3, 5, "b"), Extent(5, 10, "a")}
+    assert not m.drain()
+    # A change undone before the next drain nets out to nothing.
+    m.set(3, 5, "a")
+    m.set(3, 5, "b")
+    assert not m.drain()
+
+
+def test_delta_inverted_and_clear() -> None:
+    m = ExtentMap([Extent(0, 4, "a"), Extent(8, 9, "b")])
+    m.clear()
+    assert len(m) == 0
+    delta = m.drain()
+    assert delta.removed == {Extent(0, 4, "a"), Extent(8, 9, "b")}
+    assert delta.added == set()
+    inv = delta.inverted()
+    assert inv.added == delta.removed
+    assert inv.removed == delta.added
+    assert not Delta[str]()
+
+
+def test_extent_npages() -> None:
+    assert Extent(3, 10, "x").npages == 7
+
+
+# -- sweep --------------------------------------------------------------------------------------
+
+
+def test_sweep_aligned_maps() -> None:
+    a: ExtentMap[str] = ExtentMap()
+    b: ExtentMap[str] = ExtentMap()
+    a.set(0, 6, "a")
+    b.set(4, 10, "b")
+    got = list(sweep((a, 0), (b, 0), start=0, end=12))
+    assert got == [(0, 4, ("a", None)), (4, 6, ("a", "b")), (6, 10, (None, "b")), (10, 12, (None, None))]
+
+
+def test_sweep_with_shifts() -> None:
+    attrs: ExtentMap[str] = ExtentMap()  # indexed by gfn
+    pop: ExtentMap[str] = ExtentMap()  # indexed by pgoff = gfn + 100
+    other: ExtentMap[str] = ExtentMap()  # indexed by gfn - 3
+    attrs.set(10, 20, "p")
+    pop.set(112, 115, "x")
+    other.set(12, 30, "o")
+    got = list(sweep((attrs, 0), (pop, 100), (other, -3), start=10, end=20))
+    assert got == [
+        (10, 12, ("p", None, None)),
+        (12, 15, ("p", "x", None)),
+        (15, 20, ("p", None, "o")),
+    ]
+
+
+def test_sweep_empty_window_yields_nothing() -> None:
+    a = ExtentMap([Extent(0, 4, "a")])
+    assert list(sweep((a, 0), start=3, end=3)) == []
+    assert list(sweep((a, 0), (a, 5), start=4, end=2)) == []
+
+
+# -- properties ---------------------------------------------------------------------------------
+
+page = st.integers(LO, HI)
+value = st.sampled_from((None, *VALUES))
+update = st.tuples(page, page, value)
+
+
+def check_queries(m: ExtentMap[str], pages: dict[int, str], windows: list[tuple[int, int]]) -> None:
+    assert_maximal(m)
+    assert runs(m) == naive_runs(pages)
+    for p in range(LO - 2, HI + 2):
+        assert m.get(p) == pages.get(p), f"page {p}"
+    for a, b in windows:
+        expected = rle(pages, a, b)
+        assert [(s.start, s.end, s.value) for s in m.segments(a, b)] == expected
+        assert [(e.start, e.end, e.value) for e in m.extents_in(a, b)] == [x for x in expected if x[2] is not None]
+        for v in VALUES:
+            assert m.count(a, b, v) == sum(1 for p in range(a, b) if pages.get(p) == v)
+        assert m.covered(a, b) == sum(1 for p in range(a, b) if p in pages)
+
+
+@settings(max_examples=300, deadline=None)
+@given(data=st.data(), updates=st.lists(update, max_size=40))
+def test_extent_map_matches_naive_model(data: st.DataObject, updates: list[tuple[int, int, str | None]]) -> None:
+    m: ExtentMap[str] = ExtentMap()
+    pages: dict[int, str] = {}
+    at_drain = set(m)
+    for start, end, v in updates:
+        expected_changed = sum(1 for p in range(start, end) if pages.get(p) != v)
+        assert m.set(start, end, v) == expected_changed
+        for p in range(start, end):
+            if v is None:
+                pages.pop(p, None)
+            else:
+                pages[p] = v
+        windows = data.draw(st.lists(st.tuples(page, page).map(lambda w: (min(w), max(w))), max_size=3))
+        check_queries(m, pages, windows)
+        if data.draw(st.booleans()):
+            now = set(m)
+            delta = m.drain()
+            assert delta.removed <= at_drain
+            assert delta.added <= now
+            assert (at_drain - delta.removed) | delta.added == now
+            # The delta is exactly the net change: what the store deletes and inserts.
+            assert delta.removed == at_drain - now
+            assert delta.added == now - at_drain
+            at_drain = now
+
+
+shift = st.integers(-8, 8)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    maps=st.lists(st.tuples(st.lists(update, max_size=8), shift), min_size=1, max_size=3),
+    window=st.tuples(page, page),
+)
+def test_sweep_matches_pagewise_reads(
+    maps: list[tuple[list[tuple[int, int, str | None]], int]], window: tuple[int, int]
+) -> None:
+    built: list[tuple[ExtentMap[str], int]] = []
+    for updates, sh in maps:
+        m: ExtentMap[str] = ExtentMap()
+        for s, e, v in updates:
+            m.set(s, e, v)
+        built.append((m, sh))
+    start, end = window
+    pieces = list(sweep(*built, start=start, end=end))
+    if start >= end:
+        assert pieces == []
+        return
+    # Pieces tile the window in order.
+    assert pieces[0][0] == start
+    assert pieces[-1][1] == end
+    for (_, e1, _), (s2, _, _) in zip(pieces, pieces[1:], strict=False):
+        assert e1 == s2
+    for s, e, values in pieces:
+        assert s < e
+        for p in range(s, e):
+            assert values == tuple(m.get(p + sh) for m, sh in built)
+    # Maps are maximal, so every piece boundary is a change of some map's value.
+    for (_, _, v1), (_, _, v2) in zip(pieces, pieces[1:], strict=False):
+        assert v1 != v2
+
+
+@pytest.mark.parametrize(("shift_b", "expected"), [(0, 3), (2, 4), (-2, 3)])
+def test_sweep_piece_count_depends_on_shift(shift_b: int, expected: int) -> None:
+    a = ExtentMap([Extent(0, 4, "a")])
+    b = ExtentMap([Extent(2, 6, "b")])
+    pieces = list(sweep((a, 0), (b, shift_b), start=0, end=8))
+    assert len(pieces) == expected
