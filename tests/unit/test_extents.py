@@ -231,10 +231,10 @@ def check_queries(m: ExtentMap[str], pages: dict[int, str], windows: list[tuple[
 
 def draw_update(data: st.DataObject, m: ExtentMap[str]) -> tuple[int, int, str | None]:
     """An update, often starting or ending on (or next to) a run boundary: where merges happen."""
-    edges = sorted({p + d for e in m for p in (e.start, e.end) for d in (-1, 0, 1)})
+    edges = sorted({p + d for e in m for p in (e.start, e.end) for d in (-1, 0, 1)} & set(range(LO, HI + 1)))
     point = st.one_of(page, st.sampled_from(edges)) if edges else page
     start = data.draw(point)
-    end = data.draw(st.one_of(point, st.integers(start, start + 12)))
+    end = data.draw(st.one_of(point, st.integers(start, min(start + 12, HI))))
     return start, end, data.draw(value)
 
 
