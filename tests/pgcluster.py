@@ -128,8 +128,7 @@ def pytest_skip_reason() -> str | None:
             pwd.getpwnam(SERVER_USER)
         except KeyError:
             return (
-                f"running as root but there is no {SERVER_USER!r} user to run "
-                "PostgreSQL as (it refuses to run as root)"
+                f"running as root but there is no {SERVER_USER!r} user to run PostgreSQL as (it refuses to run as root)"
             )
         if shutil.which("runuser") is None:
             return "running as root but 'runuser' is not available to drop privileges"
@@ -375,11 +374,7 @@ class ThrowawayCluster:
             if proc.returncode == 0:
                 self._port = port
                 return
-            server_log = (
-                log.read_text(encoding="utf-8", errors="replace")
-                if log.exists()
-                else ""
-            )
+            server_log = log.read_text(encoding="utf-8", errors="replace") if log.exists() else ""
             last_error = ClusterError(
                 f"pg_ctl start exited with status {proc.returncode}\n"
                 f"stdout:\n{proc.stdout}\nstderr:\n{proc.stderr}\n"

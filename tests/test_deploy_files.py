@@ -128,9 +128,7 @@ def dockerfile() -> list[Instruction]:
 
 def test_broker_waits_for_healthy_postgres(broker: dict[str, Any]) -> None:
     depends_on = broker.get("depends_on")
-    assert isinstance(depends_on, dict), (
-        "broker.depends_on must use the long form to carry a condition"
-    )
+    assert isinstance(depends_on, dict), "broker.depends_on must use the long form to carry a condition"
     assert "postgres" in depends_on
     assert depends_on["postgres"].get("condition") == "service_healthy"
 
@@ -145,9 +143,7 @@ def test_postgres_has_healthcheck(postgres: dict[str, Any]) -> None:
     assert "pg_isready" in command
 
 
-def test_postgres_data_on_declared_named_volume(
-    compose: dict[str, Any], postgres: dict[str, Any]
-) -> None:
+def test_postgres_data_on_declared_named_volume(compose: dict[str, Any], postgres: dict[str, Any]) -> None:
     declared = compose.get("volumes") or {}
     assert isinstance(declared, dict)
     mounts: dict[str, str] = {}
@@ -159,9 +155,7 @@ def test_postgres_data_on_declared_named_volume(
             mounts[rest.split(":", 1)[0]] = source
     data_dir = "/var/lib/postgresql/data"
     assert data_dir in mounts, f"postgres has no volume at {data_dir}"
-    assert mounts[data_dir] in declared, (
-        f"volume {mounts[data_dir]!r} is not declared under top-level volumes"
-    )
+    assert mounts[data_dir] in declared, f"volume {mounts[data_dir]!r} is not declared under top-level volumes"
 
 
 def test_broker_port_target_matches_settings_port(broker: dict[str, Any]) -> None:
@@ -172,25 +166,19 @@ def test_broker_port_target_matches_settings_port(broker: dict[str, Any]) -> Non
 
 def test_broker_listens_on_all_interfaces(broker: dict[str, Any]) -> None:
     # A loopback bind inside the container would be unreachable via the port map.
-    assert _environment(broker).get(f"{ENV_PREFIX}HOST") == "0.0.0.0"  # noqa: S104
+    assert _environment(broker).get(f"{ENV_PREFIX}HOST") == "0.0.0.0"
 
 
 def test_compose_env_names_are_settings_fields(broker: dict[str, Any]) -> None:
-    from service.settings import Settings  # noqa: PLC0415
+    from service.settings import Settings
 
     names = [n for n in _environment(broker) if n.startswith(ENV_PREFIX)]
     assert names, "broker sets no GMEM_BROKER_* variables"
-    unknown = [
-        n
-        for n in names
-        if n.removeprefix(ENV_PREFIX).lower() not in Settings.model_fields
-    ]
+    unknown = [n for n in names if n.removeprefix(ENV_PREFIX).lower() not in Settings.model_fields]
     assert not unknown, f"not fields of service.settings.Settings: {unknown}"
 
 
-def test_broker_database_url_matches_postgres_service(
-    broker: dict[str, Any], postgres: dict[str, Any]
-) -> None:
+def test_broker_database_url_matches_postgres_service(broker: dict[str, Any], postgres: dict[str, Any]) -> None:
     url = make_url(_environment(broker)[f"{ENV_PREFIX}DATABASE_URL"])
     pg_env = _environment(postgres)
     assert url.drivername == "postgresql+psycopg"
@@ -244,22 +232,15 @@ def test_dockerfile_healthcheck_hits_healthz(dockerfile: list[Instruction]) -> N
     assert " CMD " in f" {healthcheck} "
 
 
-def test_dockerfile_expose_matches_compose(
-    dockerfile: list[Instruction], broker: dict[str, Any]
-) -> None:
-    exposed = {
-        int(port.split("/", 1)[0])
-        for ins in dockerfile
-        if ins.keyword == "EXPOSE"
-        for port in ins.args.split()
-    }
+def test_dockerfile_expose_matches_compose(dockerfile: list[Instruction], broker: dict[str, Any]) -> None:
+    exposed = {int(port.split("/", 1)[0]) for ins in dockerfile if ins.keyword == "EXPOSE" for port in ins.args.split()}
     assert set(_port_targets(broker)) <= exposed, (exposed, _port_targets(broker))
 
 
 def test_dockerfile_env_names_are_settings_fields(
     dockerfile: list[Instruction],
 ) -> None:
-    from service.settings import Settings  # noqa: PLC0415
+    from service.settings import Settings
 
     names = [
         token.split("=", 1)[0]
@@ -268,9 +249,5 @@ def test_dockerfile_env_names_are_settings_fields(
         for token in ins.args.split()
         if "=" in token and token.startswith(ENV_PREFIX)
     ]
-    unknown = [
-        n
-        for n in names
-        if n.removeprefix(ENV_PREFIX).lower() not in Settings.model_fields
-    ]
+    unknown = [n for n in names if n.removeprefix(ENV_PREFIX).lower() not in Settings.model_fields]
     assert not unknown, f"not fields of service.settings.Settings: {unknown}"

@@ -26,31 +26,69 @@ class ProblemType:
 
 
 CATALOGUE: dict[str, ProblemType] = {
-    "unaligned": ProblemType(422, "Not page aligned", "An offset, length, gpa or size is not a multiple of the page size (EINVAL)."),
+    "unaligned": ProblemType(
+        422, "Not page aligned", "An offset, length, gpa or size is not a multiple of the page size (EINVAL)."
+    ),
     "invalid-length": ProblemType(422, "Invalid length", "A length or size is zero or negative (EINVAL)."),
-    "out-of-range": ProblemType(422, "Out of range", "A range reaches past the memfd, outside every memslot, or past a kernel limit."),
-    "overlap": ProblemType(409, "Overlapping memslot", "The gpa range overlaps another memslot (EEXIST) or the memfd range another binding (EINVAL)."),
-    "unsupported-flags": ProblemType(422, "Unsupported memfd flags", "The kernel refuses these guest_memfd flags (EINVAL)."),
-    "unsupported-mode": ProblemType(422, "Unsupported fallocate mode", "guest_memfd takes only KEEP_SIZE and KEEP_SIZE|PUNCH_HOLE (EOPNOTSUPP)."),
-    "unsupported-attribute": ProblemType(422, "Unsupported attribute", "Memory attributes are private or shared (EINVAL)."),
+    "out-of-range": ProblemType(
+        422, "Out of range", "A range reaches past the memfd, outside every memslot, or past a kernel limit."
+    ),
+    "overlap": ProblemType(
+        409,
+        "Overlapping memslot",
+        "The gpa range overlaps another memslot (EEXIST) or the memfd range another binding (EINVAL).",
+    ),
+    "unsupported-flags": ProblemType(
+        422, "Unsupported memfd flags", "The kernel refuses these guest_memfd flags (EINVAL)."
+    ),
+    "unsupported-mode": ProblemType(
+        422, "Unsupported fallocate mode", "guest_memfd takes only KEEP_SIZE and KEEP_SIZE|PUNCH_HOLE (EOPNOTSUPP)."
+    ),
+    "unsupported-attribute": ProblemType(
+        422, "Unsupported attribute", "Memory attributes are private or shared (EINVAL)."
+    ),
     "unsupported-vm-type": ProblemType(422, "Unsupported VM type", "The backend cannot create VMs of this type."),
-    "attribute-mismatch": ProblemType(409, "Attribute mismatch", "Private backing is populated only for private gfns, shared backing only for shared ones."),
-    "private-in-use": ProblemType(409, "Private memory in use", "Punching allocated private pages of a running VM needs allow_private=true."),
-    "in-use": ProblemType(409, "In use", "The object is still used (memfd bound by memslots, VM with memfds or memslots)."),
+    "attribute-mismatch": ProblemType(
+        409,
+        "Attribute mismatch",
+        "Private backing is populated only for private gfns, shared backing only for shared ones.",
+    ),
+    "private-in-use": ProblemType(
+        409, "Private memory in use", "Punching allocated private pages of a running VM needs allow_private=true."
+    ),
+    "in-use": ProblemType(
+        409, "In use", "The object is still used (memfd bound by memslots, VM with memfds or memslots)."
+    ),
     "slot-in-use": ProblemType(409, "Memslot exists", "A guest_memfd memslot is immutable: delete it first (EINVAL)."),
-    "foreign-memfd": ProblemType(422, "Memfd of another VM", "A memfd binds only to memslots of the VM that created it (EINVAL)."),
+    "foreign-memfd": ProblemType(
+        422, "Memfd of another VM", "A memfd binds only to memslots of the VM that created it (EINVAL)."
+    ),
     "not-found": ProblemType(404, "Not found", "No such resource."),
     "conflict": ProblemType(409, "Conflict", "The request conflicts with the current state."),
     "name-taken": ProblemType(409, "Name taken", "VM names are unique per host."),
-    "invalid-transition": ProblemType(409, "Invalid state transition", "VMs go created -> running|stopped, running -> stopped, stopped -> running."),
-    "insufficient-memory": ProblemType(507, "Insufficient memory", "The host budget or the backend ran out of memory (ENOMEM/ENOSPC); nothing changed."),
-    "not-supported-by-kernel": ProblemType(501, "Not supported by the kernel", "This kernel does not offer the capability the request needs."),
-    "precondition-failed": ProblemType(412, "Precondition failed", "If-Match does not match the VM's current ETag (generation)."),
-    "idempotency-key-reused": ProblemType(422, "Idempotency-Key reused", "The key was used before with a different request."),
+    "invalid-transition": ProblemType(
+        409, "Invalid state transition", "VMs go created -> running|stopped, running -> stopped, stopped -> running."
+    ),
+    "insufficient-memory": ProblemType(
+        507, "Insufficient memory", "The host budget or the backend ran out of memory (ENOMEM/ENOSPC); nothing changed."
+    ),
+    "not-supported-by-kernel": ProblemType(
+        501, "Not supported by the kernel", "This kernel does not offer the capability the request needs."
+    ),
+    "precondition-failed": ProblemType(
+        412, "Precondition failed", "If-Match does not match the VM's current ETag (generation)."
+    ),
+    "idempotency-key-reused": ProblemType(
+        422, "Idempotency-Key reused", "The key was used before with a different request."
+    ),
     "invalid-cursor": ProblemType(422, "Invalid cursor", "The paging cursor was not issued by this service."),
     "batch-too-large": ProblemType(422, "Batch too large", "More ranges than the configured batch limit."),
-    "backend-error": ProblemType(502, "Backend error", "The backend refused a call for a reason no rule names; nothing changed."),
-    "replay-pending": ProblemType(503, "Replay pending", "The operation is journalled but not all backend calls applied; it will be replayed."),
+    "backend-error": ProblemType(
+        502, "Backend error", "The backend refused a call for a reason no rule names; nothing changed."
+    ),
+    "replay-pending": ProblemType(
+        503, "Replay pending", "The operation is journalled but not all backend calls applied; it will be replayed."
+    ),
     "validation-error": ProblemType(422, "Invalid request", "The request does not match the schema."),
     "method-not-allowed": ProblemType(405, "Method not allowed", "The resource does not support this method."),
     "http-error": ProblemType(400, "HTTP error", "The request could not be served."),
@@ -91,7 +129,7 @@ def problem_response(
         "request_id": getattr(request.state, "request_id", None),
     }
     body.update({k: v for k, v in extra.items() if v is not None})
-    headers = {"Allow": extra["allow"]} if "allow" in extra and extra["allow"] else None
+    headers = {"Allow": extra["allow"]} if extra.get("allow") else None
     return JSONResponse(body, status_code=status, media_type=PROBLEM_JSON, headers=headers)
 
 
@@ -102,9 +140,7 @@ def _domain_error(request: Request, exc: Exception) -> JSONResponse:
 
 def _validation_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError)
-    errors = [
-        {"loc": list(e.get("loc", ())), "msg": e.get("msg", ""), "type": e.get("type", "")} for e in exc.errors()
-    ]
+    errors = [{"loc": list(e.get("loc", ())), "msg": e.get("msg", ""), "type": e.get("type", "")} for e in exc.errors()]
     # A bad attribute in a convert range is the kernel's EINVAL on unknown attributes: name it so.
     for e in errors:
         if e["loc"][-1:] == ["to"] and e["type"] == "enum":

@@ -37,7 +37,9 @@ class AttributeName(StrEnum):
 
 class VmCreate(Strict):
     name: str | None = Field(None, min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
-    vm_type: str = Field("default", description="default, sw_protected, sev_snp or tdx; what the backend offers is in GET /v1/host")
+    vm_type: str = Field(
+        "default", description="default, sw_protected, sev_snp or tdx; what the backend offers is in GET /v1/host"
+    )
 
 
 class VmPatch(Strict):

@@ -71,7 +71,10 @@ class SimBackend:
 
     def host_info(self) -> HostInfo:
         with self._lock:
-            nodes = [NumaNode(i, cap, cap - used) for i, (cap, used) in enumerate(zip(self._capacity, self._used, strict=True))]
+            nodes = [
+                NumaNode(i, cap, cap - used)
+                for i, (cap, used) in enumerate(zip(self._capacity, self._used, strict=True))
+            ]
         return HostInfo(
             backend=self.name,
             page_size=PAGE_SIZE,
@@ -231,9 +234,7 @@ class SimBackend:
         with self._lock:
             return {
                 vm_id: VmInventory(
-                    memfds={
-                        mid: [(e.start, e.end) for e in _coalesced(m.pages)] for mid, m in vm.memfds.items()
-                    },
+                    memfds={mid: [(e.start, e.end) for e in _coalesced(m.pages)] for mid, m in vm.memfds.items()},
                     memslots=set(vm.slots),
                 )
                 for vm_id, vm in self._vms.items()
@@ -251,10 +252,10 @@ class SimBackend:
                     self._populate(self._vms[vm.id].memfds[memfd.id].pages, ext.start, ext.end)
             for s in vm.memslots.values():
                 self.bind_memslot(vm.id, s.slot, s.gfn, s.npages, s.memfd_id, s.pgoff)
-            for ext in vm.attributes:
-                self.set_attributes(vm.id, ext.start, ext.npages, ext.value.value)
-            for ext in vm.shared:
-                self._populate(self._vms[vm.id].shared, ext.start, ext.end)
+            for attr in vm.attributes:
+                self.set_attributes(vm.id, attr.start, attr.npages, attr.value.value)
+            for run in vm.shared:
+                self._populate(self._vms[vm.id].shared, run.start, run.end)
             return True
 
     def close(self) -> None:

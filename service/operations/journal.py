@@ -76,8 +76,7 @@ def check_if_match(vm: Vm, if_match: str | None) -> None:
     if "*" in tags or etag(vm.generation) in tags or f"W/{etag(vm.generation)}" in tags:
         return
     raise PreconditionFailed(
-        f"If-Match {if_match} does not match VM {vm.id!r} at generation {vm.generation} "
-        f"(ETag {etag(vm.generation)})"
+        f"If-Match {if_match} does not match VM {vm.id!r} at generation {vm.generation} (ETag {etag(vm.generation)})"
     )
 
 
@@ -99,8 +98,7 @@ def stored_replay(broker: Broker, meta: RequestMeta) -> Outcome | None:
         return None
     if op.fingerprint != meta.fingerprint:
         raise IdempotencyKeyReused(
-            f"Idempotency-Key {meta.idempotency_key!r} was used for a different request "
-            f"(operation {op.id})"
+            f"Idempotency-Key {meta.idempotency_key!r} was used for a different request (operation {op.id})"
         )
     if op.status is OperationStatus.FAILED and op.error is not None:
         raise StoredRefusal(op.error)

@@ -34,8 +34,10 @@ class Journal(Protocol):
 
 
 class UnitOfWork(Protocol):
-    vms: VmRepository
-    journal: Journal
+    @property
+    def vms(self) -> VmRepository: ...
+    @property
+    def journal(self) -> Journal: ...
 
     def __enter__(self) -> UnitOfWork: ...
     def __exit__(

@@ -180,7 +180,14 @@ class SqlVmRepository:
             self._conn.execute(
                 insert(ExtentRow),
                 [
-                    {"vm_id": vm_id, "map": map_name, "owner": owner, "start": e.start, "end": e.end, "value": str(e.value)}
+                    {
+                        "vm_id": vm_id,
+                        "map": map_name,
+                        "owner": owner,
+                        "start": e.start,
+                        "end": e.end,
+                        "value": str(e.value),
+                    }
                     for e in extents
                 ],
             )

@@ -25,7 +25,8 @@ def problem(resp: httpx.Response, status: int, code: str) -> dict[str, Any]:
     body: dict[str, Any] = resp.json()
     assert body["type"] == f"/problems/{code}", body
     assert body["status"] == status
-    assert body["title"] and body["detail"]
+    assert body["title"]
+    assert body["detail"]
     return body
 
 

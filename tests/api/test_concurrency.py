@@ -26,8 +26,13 @@ def test_one_vm_serialized_under_concurrent_requests(client: httpx.Client, serve
     # every mutation got its own generation: none was lost or interleaved
     assert sorted(generations) == list(range(start + 1, start + 65))
     items = all_extents(client, vm_id)
-    assert items[0] == {"gpa": BASE_GPA, "size": 64 * PAGE, "attribute": "shared",
-                        "private_backing": "hole", "shared_backing": "hole"}
+    assert items[0] == {
+        "gpa": BASE_GPA,
+        "size": 64 * PAGE,
+        "attribute": "shared",
+        "private_backing": "hole",
+        "shared_backing": "hole",
+    }
     ops = ok(client.get(f"/v1/vms/{vm_id}/operations", params={"limit": 1000}))["items"]
     assert [o["generation"] for o in ops] == list(range(1, start + 65))
 

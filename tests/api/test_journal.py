@@ -66,7 +66,8 @@ def test_out_of_memory_changes_nothing_and_is_journalled_failed(fresh_db_url: st
         assert snapshot(c, vm_id) == before
         assert ok(c.get("/v1/host"))["budget"] == host_before
         ops = ok(c.get(f"/v1/vms/{vm_id}/operations"))["items"]
-        assert ops[-1]["status"] == "failed" and ops[-1]["error"]["code"] == "insufficient-memory"
+        assert ops[-1]["status"] == "failed"
+        assert ops[-1]["error"]["code"] == "insufficient-memory"
         # the same key replays the same refusal
         problem(
             c.post(f"/v1/vms/{vm_id}/memfds/{memfd_id}/allocate", json={"offset": 0, "length": MIB}, headers=key),
@@ -74,9 +75,12 @@ def test_out_of_memory_changes_nothing_and_is_journalled_failed(fresh_db_url: st
             "insufficient-memory",
         )
         # and the aggregate still works from the restored state
-        assert ok(c.post(f"/v1/vms/{vm_id}/memfds/{memfd_id}/punch-hole", json={"offset": 0, "length": MIB}))[
-            "pages_freed"
-        ] == 100
+        assert (
+            ok(c.post(f"/v1/vms/{vm_id}/memfds/{memfd_id}/punch-hole", json={"offset": 0, "length": MIB}))[
+                "pages_freed"
+            ]
+            == 100
+        )
 
 
 def test_backend_failure_midway_is_replayed(fresh_db_url: str) -> None:
@@ -92,7 +96,8 @@ def test_backend_failure_midway_is_replayed(fresh_db_url: str) -> None:
             "replay-pending",
         )
         ops = ok(c.get(f"/v1/vms/{vm_id}/operations"))["items"]
-        assert ops[-1]["id"] == doc["operation_id"] and ops[-1]["status"] == "pending"
+        assert ops[-1]["id"] == doc["operation_id"]
+        assert ops[-1]["status"] == "pending"
         assert ok(c.get("/v1/host"))["vms"]["pending_replay"] == 1
         # the next mutation of the VM replays it first
         ok(c.post(f"/v1/vms/{vm_id}/memfds/{memfd_id}/punch-hole", json={"offset": MIB - PAGE, "length": PAGE}))

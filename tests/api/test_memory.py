@@ -2,9 +2,23 @@
 
 from __future__ import annotations
 
+import itertools
+
 import httpx
 
-from .helpers import BASE_GPA, MIB, PAGE, all_extents, create_memfd, create_memslot, create_vm, guest, memfd_extents, ok, problem
+from .helpers import (
+    BASE_GPA,
+    MIB,
+    PAGE,
+    all_extents,
+    create_memfd,
+    create_memslot,
+    create_vm,
+    guest,
+    memfd_extents,
+    ok,
+    problem,
+)
 
 TIB = 1 << 40
 
@@ -14,7 +28,8 @@ def test_boot_story_counts_and_extents(client: httpx.Client) -> None:
     alloc = ok(client.post(f"/v1/vms/{vm_id}/memfds/{memfd_id}/allocate", json={"offset": 0, "length": MIB}))
     assert alloc["pages_allocated"] == 256
     again = ok(client.post(f"/v1/vms/{vm_id}/memfds/{memfd_id}/allocate", json={"offset": 0, "length": 2 * MIB}))
-    assert again["pages_allocated"] == 256 and again["generation"] == alloc["generation"] + 1
+    assert again["pages_allocated"] == 256
+    assert again["generation"] == alloc["generation"] + 1
     conv = ok(
         client.post(f"/v1/vms/{vm_id}/convert", json={"ranges": [{"gpa": BASE_GPA, "size": 65536, "to": "shared"}]})
     )
@@ -24,31 +39,43 @@ def test_boot_story_counts_and_extents(client: httpx.Client) -> None:
         client.post(f"/v1/vms/{vm_id}/convert", json={"ranges": [{"gpa": BASE_GPA, "size": 65536, "to": "private"}]})
     )
     assert (back["pages_converted"], back["private_pages_freed"], back["shared_pages_freed"]) == (16, 0, 8)
-    punch = ok(
-        client.post(f"/v1/vms/{vm_id}/memfds/{memfd_id}/punch-hole", json={"offset": MIB, "length": 65536})
-    )
+    punch = ok(client.post(f"/v1/vms/{vm_id}/memfds/{memfd_id}/punch-hole", json={"offset": MIB, "length": 65536}))
     assert punch["pages_freed"] == 16
     items = all_extents(client, vm_id)
     total = sum(e["size"] for e in items)
     assert total == 16 * MIB
-    for a, b in zip(items, items[1:], strict=False):
+    for a, b in itertools.pairwise(items):
         assert a["gpa"] + a["size"] == b["gpa"]
         assert (a["attribute"], a["private_backing"], a["shared_backing"]) != (
-            b["attribute"], b["private_backing"], b["shared_backing"],
+            b["attribute"],
+            b["private_backing"],
+            b["shared_backing"],
         )
     allocated = [e for e in memfd_extents(client, vm_id, memfd_id) if e["state"] == "allocated"]
-    assert allocated == [{"offset": 65536, "size": MIB - 65536, "state": "allocated"},
-                         {"offset": MIB + 65536, "size": MIB - 65536, "state": "allocated"}]
+    assert allocated == [
+        {"offset": 65536, "size": MIB - 65536, "state": "allocated"},
+        {"offset": MIB + 65536, "size": MIB - 65536, "state": "allocated"},
+    ]
 
 
 def test_extents_are_exact(client: httpx.Client) -> None:
     vm_id, memfd_id = guest(client, MIB)
     ok(client.post(f"/v1/vms/{vm_id}/memfds/{memfd_id}/allocate", json={"offset": 0, "length": 8 * PAGE}))
-    ok(client.post(f"/v1/vms/{vm_id}/convert", json={"ranges": [{"gpa": BASE_GPA + 4 * PAGE, "size": 8 * PAGE, "to": "shared"}]}))
+    ok(
+        client.post(
+            f"/v1/vms/{vm_id}/convert",
+            json={"ranges": [{"gpa": BASE_GPA + 4 * PAGE, "size": 8 * PAGE, "to": "shared"}]},
+        )
+    )
 
     def ext(gpa: int, size: int, attr: str, priv: str) -> dict[str, object]:
-        return {"gpa": BASE_GPA + gpa * PAGE, "size": size * PAGE, "attribute": attr,
-                "private_backing": priv, "shared_backing": "hole"}
+        return {
+            "gpa": BASE_GPA + gpa * PAGE,
+            "size": size * PAGE,
+            "attribute": attr,
+            "private_backing": priv,
+            "shared_backing": "hole",
+        }
 
     assert all_extents(client, vm_id) == [
         ext(0, 4, "private", "allocated"),
@@ -64,8 +91,9 @@ def test_adjacent_memslots_merge_in_the_view_and_gaps_are_absent(client: httpx.C
     create_memslot(client, vm["id"], a["id"], slot=0, gpa=BASE_GPA, size=MIB)
     create_memslot(client, vm["id"], b["id"], slot=1, gpa=BASE_GPA + MIB, size=MIB)
     items = all_extents(client, vm["id"])
-    assert items == [{"gpa": BASE_GPA, "size": 2 * MIB, "attribute": "private",
-                      "private_backing": "hole", "shared_backing": "hole"}]
+    assert items == [
+        {"gpa": BASE_GPA, "size": 2 * MIB, "attribute": "private", "private_backing": "hole", "shared_backing": "hole"}
+    ]
 
 
 def test_one_tib_guest_2000_scattered_pages_make_4001_extents(client: httpx.Client) -> None:
@@ -91,7 +119,9 @@ def test_paging_with_windows_and_cursors(client: httpx.Client) -> None:
     assert len(full) == 100  # 50 shared pages, 49 private gaps between them, one private tail
     paged = all_extents(client, vm_id, limit=7)
     assert paged == full
-    window = ok(client.get(f"/v1/vms/{vm_id}/extents", params={"start": BASE_GPA + 3 * PAGE, "end": BASE_GPA + 6 * PAGE}))
+    window = ok(
+        client.get(f"/v1/vms/{vm_id}/extents", params={"start": BASE_GPA + 3 * PAGE, "end": BASE_GPA + 6 * PAGE})
+    )
     assert [(e["gpa"] - BASE_GPA) // PAGE for e in window["items"]] == [3, 4, 5]
     problem(client.get(f"/v1/vms/{vm_id}/extents", params={"cursor": "garbage"}), 422, "invalid-cursor")
     problem(client.get(f"/v1/vms/{vm_id}/extents", params={"start": 7}), 422, "unaligned")
@@ -103,6 +133,8 @@ def test_memfd_extents_paging(client: httpx.Client) -> None:
     for i in range(0, 64, 2):
         ok(client.post(f"/v1/vms/{vm['id']}/memfds/{memfd['id']}/allocate", json={"offset": i * PAGE, "length": PAGE}))
     items = memfd_extents(client, vm["id"], memfd["id"])
-    assert len(items) == 64 and items[-1] == {"offset": 63 * PAGE, "size": MIB - 63 * PAGE, "state": "hole"}
+    assert len(items) == 64
+    assert items[-1] == {"offset": 63 * PAGE, "size": MIB - 63 * PAGE, "state": "hole"}
     page = ok(client.get(f"/v1/vms/{vm['id']}/memfds/{memfd['id']}/extents", params={"limit": 10}))
-    assert len(page["items"]) == 10 and page["next_cursor"]
+    assert len(page["items"]) == 10
+    assert page["next_cursor"]

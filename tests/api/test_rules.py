@@ -159,16 +159,29 @@ def test_convert_batch_is_all_or_nothing(client: httpx.Client) -> None:
 
 def test_allocate_refused_on_shared_gfns(client: httpx.Client) -> None:
     vm_id, memfd_id = guest(client, MIB)
-    ok(client.post(f"/v1/vms/{vm_id}/convert", json={"ranges": [{"gpa": BASE_GPA + 8 * PAGE, "size": PAGE, "to": "shared"}]}))
+    ok(
+        client.post(
+            f"/v1/vms/{vm_id}/convert", json={"ranges": [{"gpa": BASE_GPA + 8 * PAGE, "size": PAGE, "to": "shared"}]}
+        )
+    )
     doc = refused(
-        client, vm_id, "POST", f"/v1/vms/{vm_id}/memfds/{memfd_id}/allocate",
-        {"offset": 0, "length": 16 * PAGE}, 409, "attribute-mismatch", None,
+        client,
+        vm_id,
+        "POST",
+        f"/v1/vms/{vm_id}/memfds/{memfd_id}/allocate",
+        {"offset": 0, "length": 16 * PAGE},
+        409,
+        "attribute-mismatch",
+        None,
     )
     assert doc["gpa"] == BASE_GPA + 8 * PAGE
     # pages bound to private gfns, and unbound pages, allocate fine
-    assert ok(client.post(f"/v1/vms/{vm_id}/memfds/{memfd_id}/allocate", json={"offset": 0, "length": 8 * PAGE}))[
-        "pages_allocated"
-    ] == 8
+    assert (
+        ok(client.post(f"/v1/vms/{vm_id}/memfds/{memfd_id}/allocate", json={"offset": 0, "length": 8 * PAGE}))[
+            "pages_allocated"
+        ]
+        == 8
+    )
 
 
 def test_unbound_memfd_pages_are_unconstrained(client: httpx.Client) -> None:
@@ -206,5 +219,9 @@ def test_populate_shared_guards(client: httpx.Client) -> None:
     refused(client, vm_id, "POST", path, {"gpa": BASE_GPA, "size": PAGE}, 409, "attribute-mismatch", None)
     ok(client.post(f"/v1/vms/{vm_id}/memfds/{memfd_id}/punch-hole", json={"offset": 0, "length": PAGE}))
     assert ok(client.post(path, json={"gpa": BASE_GPA, "size": PAGE}))["pages_allocated"] == 1
-    ok(client.post(f"/v1/vms/{vm_id}/convert", json={"ranges": [{"gpa": BASE_GPA + PAGE, "size": PAGE, "to": "private"}]}))
+    ok(
+        client.post(
+            f"/v1/vms/{vm_id}/convert", json={"ranges": [{"gpa": BASE_GPA + PAGE, "size": PAGE, "to": "private"}]}
+        )
+    )
     refused(client, vm_id, "POST", path, {"gpa": BASE_GPA + PAGE, "size": PAGE}, 409, "attribute-mismatch", None)

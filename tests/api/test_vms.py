@@ -12,7 +12,9 @@ from .helpers import MIB, create_memfd, create_vm, guest, ok, problem, snapshot
 
 def test_create_read_list(client: httpx.Client) -> None:
     vm = create_vm(client, "tdx")
-    assert vm["state"] == "created" and vm["generation"] == 1 and vm["vm_type"] == "tdx"
+    assert vm["state"] == "created"
+    assert vm["generation"] == 1
+    assert vm["vm_type"] == "tdx"
     got = client.get(f"/v1/vms/{vm['id']}")
     assert got.headers["etag"] == '"1"'
     assert ok(got) == vm
@@ -30,7 +32,8 @@ def test_state_transitions(client: httpx.Client) -> None:
     vm = create_vm(client)
     path = f"/v1/vms/{vm['id']}"
     running = ok(client.patch(path, json={"state": "running"}))
-    assert running["state"] == "running" and running["generation"] == 2
+    assert running["state"] == "running"
+    assert running["generation"] == 2
     # asking for the state it is in changes nothing
     assert ok(client.patch(path, json={"state": "running"}))["generation"] == 2
     before = snapshot(client, vm["id"])
@@ -83,7 +86,9 @@ def test_delete_refused_while_in_use_then_forced(client: httpx.Client, db_url: s
     # the journal outlives the VM and records the release, in order
     ops = ok(client.get(f"/v1/vms/{vm_id}/operations"))["items"]
     last = ops[-1]
-    assert last["kind"] == "delete-vm" and last["status"] == "applied" and last["request"] == {"force": True}
+    assert last["kind"] == "delete-vm"
+    assert last["status"] == "applied"
+    assert last["request"] == {"force": True}
     engine = create_engine(db_url)
     with engine.connect() as conn:
         effects = conn.execute(select(OperationRow.effects).where(OperationRow.id == last["id"])).scalar_one()

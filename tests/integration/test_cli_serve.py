@@ -30,7 +30,12 @@ def start(url: str, cwd: Path) -> tuple[subprocess.Popen[str], str]:
     port = free_port()
     env = {**os.environ, "GMEM_BROKER_DATABASE_URL": url}
     proc = subprocess.Popen(
-        [*CLI, "serve", "--port", str(port)], env=env, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        [*CLI, "serve", "--port", str(port)],
+        env=env,
+        cwd=cwd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
     )
     base = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 60
@@ -70,7 +75,8 @@ def test_db_upgrade_then_status(tmp_path: Path) -> None:
     up = run_cli(["db", "upgrade"], url, tmp_path)
     assert up.returncode == 0, up.stderr
     status = run_cli(["db", "status"], url, tmp_path)
-    assert status.returncode == 0 and "database: 0001" in status.stdout
+    assert status.returncode == 0
+    assert "database: 0001" in status.stdout
 
 
 def test_default_database_is_a_sqlite_file_in_the_working_directory(tmp_path: Path) -> None:

@@ -20,8 +20,15 @@ router = APIRouter(prefix="/v1/vms/{vm_id}/memfds", tags=["memfds"])
     status_code=201,
     response_model=schemas.Memfd,
     summary="Create a guest_memfd",
-    responses=responses("not-found", "unaligned", "invalid-length", "unsupported-flags", "out-of-range",
-                        "precondition-failed", "insufficient-memory"),
+    responses=responses(
+        "not-found",
+        "unaligned",
+        "invalid-length",
+        "unsupported-flags",
+        "out-of-range",
+        "precondition-failed",
+        "insufficient-memory",
+    ),
 )
 def create_memfd(vm_id: str, body: schemas.MemfdCreate, broker: BrokerDep, meta: MetaDep) -> JSONResponse:
     return respond(memfds.create_memfd(broker, vm_id, size=body.size, flags=body.flags, meta=meta))
@@ -53,8 +60,16 @@ def delete_memfd(vm_id: str, memfd_id: str, broker: BrokerDep, meta: MetaDep) ->
     summary="Allocate private backing (fallocate KEEP_SIZE)",
     description="Pages already allocated stay as they are. Refused whole, changing nothing, if any page is "
     "bound to a shared gfn (`attribute-mismatch`) or memory runs out (`insufficient-memory`).",
-    responses=responses("not-found", "unaligned", "invalid-length", "out-of-range", "attribute-mismatch",
-                        "insufficient-memory", "precondition-failed", "idempotency-key-reused"),
+    responses=responses(
+        "not-found",
+        "unaligned",
+        "invalid-length",
+        "out-of-range",
+        "attribute-mismatch",
+        "insufficient-memory",
+        "precondition-failed",
+        "idempotency-key-reused",
+    ),
 )
 def allocate(vm_id: str, memfd_id: str, body: schemas.ByteRange, broker: BrokerDep, meta: MetaDep) -> JSONResponse:
     return respond(population.allocate(broker, vm_id, memfd_id, offset=body.offset, length=body.length, meta=meta))
@@ -66,8 +81,15 @@ def allocate(vm_id: str, memfd_id: str, body: schemas.ByteRange, broker: BrokerD
     summary="Free private backing (fallocate PUNCH_HOLE|KEEP_SIZE)",
     description="Refused with `private-in-use` when it would free allocated private pages of a running VM, "
     "unless `allow_private` is true. Ranges past the end of the memfd are refused (`out-of-range`).",
-    responses=responses("not-found", "unaligned", "invalid-length", "out-of-range", "private-in-use",
-                        "precondition-failed", "idempotency-key-reused"),
+    responses=responses(
+        "not-found",
+        "unaligned",
+        "invalid-length",
+        "out-of-range",
+        "private-in-use",
+        "precondition-failed",
+        "idempotency-key-reused",
+    ),
 )
 def punch_hole(vm_id: str, memfd_id: str, body: schemas.PunchHole, broker: BrokerDep, meta: MetaDep) -> JSONResponse:
     return respond(

@@ -22,8 +22,16 @@ router = APIRouter(prefix="/v1/vms/{vm_id}", tags=["memory"])
     description="Sets the attribute of every gfn (KVM_SET_MEMORY_ATTRIBUTES), then discards the backing the "
     "range no longer uses: to shared, the private pages are punched; to private, the shared backing is "
     "discarded. A batch is all-or-nothing.",
-    responses=responses("not-found", "unaligned", "invalid-length", "out-of-range", "unsupported-attribute",
-                        "batch-too-large", "precondition-failed", "idempotency-key-reused"),
+    responses=responses(
+        "not-found",
+        "unaligned",
+        "invalid-length",
+        "out-of-range",
+        "unsupported-attribute",
+        "batch-too-large",
+        "precondition-failed",
+        "idempotency-key-reused",
+    ),
 )
 def convert(vm_id: str, body: schemas.Convert, broker: BrokerDep, meta: MetaDep) -> JSONResponse:
     ranges = [{"gpa": r.gpa, "size": r.size, "to": r.to.value} for r in body.ranges]
@@ -37,8 +45,16 @@ def convert(vm_id: str, body: schemas.Convert, broker: BrokerDep, meta: MetaDep)
     description="What a VMM's first touch of shared memory does. Refused (`attribute-mismatch`) for private "
     "gfns and for gfns whose private backing is still allocated, which keeps the invariant: no gfn is backed "
     "by both.",
-    responses=responses("not-found", "unaligned", "invalid-length", "out-of-range", "attribute-mismatch",
-                        "insufficient-memory", "precondition-failed", "idempotency-key-reused"),
+    responses=responses(
+        "not-found",
+        "unaligned",
+        "invalid-length",
+        "out-of-range",
+        "attribute-mismatch",
+        "insufficient-memory",
+        "precondition-failed",
+        "idempotency-key-reused",
+    ),
 )
 def populate_shared(vm_id: str, body: schemas.GpaRange, broker: BrokerDep, meta: MetaDep) -> JSONResponse:
     return respond(population.populate_shared(broker, vm_id, gpa=body.gpa, size=body.size, meta=meta))

@@ -20,14 +20,29 @@ router = APIRouter(prefix="/v1/vms/{vm_id}/memslots", tags=["memslots"])
     summary="Create a memslot (KVM_SET_USER_MEMORY_REGION2)",
     description="Binds [gpa, gpa+size) to memfd offsets [offset, offset+size) plus an empty shared backing. "
     "Pages start private on VM types with private memory, shared on `default` VMs and `init_shared` memfds.",
-    responses=responses("not-found", "unaligned", "invalid-length", "out-of-range", "overlap", "slot-in-use",
-                        "foreign-memfd", "precondition-failed", "idempotency-key-reused"),
+    responses=responses(
+        "not-found",
+        "unaligned",
+        "invalid-length",
+        "out-of-range",
+        "overlap",
+        "slot-in-use",
+        "foreign-memfd",
+        "precondition-failed",
+        "idempotency-key-reused",
+    ),
 )
 def create_memslot(vm_id: str, body: schemas.MemslotCreate, broker: BrokerDep, meta: MetaDep) -> JSONResponse:
     return respond(
         memfds.create_memslot(
-            broker, vm_id, slot=body.slot, gpa=body.gpa, size=body.size, memfd_id=body.memfd_id,
-            offset=body.offset, meta=meta,
+            broker,
+            vm_id,
+            slot=body.slot,
+            gpa=body.gpa,
+            size=body.size,
+            memfd_id=body.memfd_id,
+            offset=body.offset,
+            meta=meta,
         )
     )
 

@@ -14,7 +14,13 @@ from ..problems import CATALOGUE, problem_response, problem_uri, responses
 router = APIRouter()
 
 
-@router.get("/v1/host", tags=["host"], response_model=schemas.Host, summary="The host: backend, capabilities, NUMA nodes, budget", responses=responses())
+@router.get(
+    "/v1/host",
+    tags=["host"],
+    response_model=schemas.Host,
+    summary="The host: backend, capabilities, NUMA nodes, budget",
+    responses=responses(),
+)
 def host(broker: BrokerDep) -> JSONResponse:
     return JSONResponse(queries.host(broker))
 
@@ -37,7 +43,7 @@ def readyz(request: Request, broker: BrokerDep) -> JSONResponse:
     try:
         with request.app.state.engine.connect() as conn:
             conn.execute(text("SELECT 1"))
-    except Exception as exc:  # noqa: BLE001 - any database failure means not ready
+    except Exception as exc:
         return problem_response(request, "not-ready", f"database unreachable: {type(exc).__name__}")
     return JSONResponse({"status": "ready"})
 
@@ -58,4 +64,6 @@ def problem_page(code: str, request: Request) -> HTMLResponse | JSONResponse:
             f"<!doctype html><title>{kind.title}</title><h1>{kind.title}</h1>"
             f"<p>HTTP {kind.status} &middot; <code>{problem_uri(code)}</code></p><p>{kind.description}</p>"
         )
-    return JSONResponse({"type": problem_uri(code), "title": kind.title, "status": kind.status, "description": kind.description})
+    return JSONResponse(
+        {"type": problem_uri(code), "title": kind.title, "status": kind.status, "description": kind.description}
+    )
