@@ -129,8 +129,10 @@ class ExtentMap(Generic[V]):
             return 0
         runs = self._runs
         keys = runs.keys()
-        # Take the run touching ``start`` from the left too, so a merge with it is seen.
-        i = runs.bisect_right(start) - 1
+        # Take the run touching ``start`` from the left too, so a merge with it is seen: the last
+        # run starting before ``start`` (bisect_left: not one starting at ``start``, which would
+        # hide its left neighbour), kept if it reaches ``start``.
+        i = runs.bisect_left(start) - 1
         if i < 0 or runs[keys[i]][0] < start:
             i += 1
         touched: list[Extent[V]] = []
