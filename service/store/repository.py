@@ -12,7 +12,9 @@ from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import Connection, and_, delete, insert, or_, select, update
+from sqlalchemy.exc import IntegrityError
 
+from ..domain.errors import Conflict
 from ..domain.extents import Extent, ExtentMap
 from ..domain.model import Attribute, Changes, Memfd, MemfdFlag, Memslot, Population, Vm, VmState, VmType
 from ..domain.operation import Operation, OperationStatus
@@ -218,6 +220,15 @@ class SqlJournal:
         self._conn = conn
 
     def add(self, op: Operation) -> None:
+        try:
+            self._insert(op)
+        except IntegrityError as exc:
+            # Two requests with one key raced past the replay check (they lock different VMs).
+            raise Conflict(
+                f"Idempotency-Key {op.idempotency_key!r} is in use by a concurrent request; retry it"
+            ) from exc
+
+    def _insert(self, op: Operation) -> None:
         op.seq = self._conn.execute(
             insert(OperationRow)
             .values(
