@@ -289,7 +289,10 @@ def _client_process(
         latencies: list[float] = []
         errors = non_2xx = 0
         with httpx.Client(base_url=base_url, timeout=30) as client:
-            client.get("/healthz")  # open the connection before the clock starts
+            try:
+                client.get("/healthz")  # open the connection before the clock starts
+            except httpx.HTTPError:
+                errors += 1
             ready.wait(timeout=60)
             go.wait(timeout=60)
             path = f"/v1/vms/{layout.vm_id}/convert"

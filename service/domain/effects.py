@@ -7,7 +7,7 @@ of them is idempotent: applying one twice leaves the backend as applying it once
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass, fields
 from typing import Any, ClassVar
 
 
@@ -17,7 +17,18 @@ class Effect:
     vm_id: str
 
     def to_json(self) -> dict[str, Any]:
-        return {"call": self.name, **asdict(self)}
+        # Field names per class, looked up once: asdict() deep-copies and is slow on hot paths.
+        names = _FIELD_NAMES.get(type(self))
+        if names is None:
+            names = _FIELD_NAMES[type(self)] = tuple(f.name for f in fields(self))
+        out: dict[str, Any] = {"call": self.name}
+        for name in names:
+            value = getattr(self, name)
+            out[name] = list(value) if isinstance(value, tuple) else value
+        return out
+
+
+_FIELD_NAMES: dict[type[Effect], tuple[str, ...]] = {}
 
 
 @dataclass(frozen=True, slots=True)

@@ -11,7 +11,7 @@ from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Connection, and_, delete, insert, or_, select, update
+from sqlalchemy import Connection, and_, bindparam, delete, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 
 from ..domain.errors import Conflict
@@ -19,6 +19,31 @@ from ..domain.extents import Extent, ExtentMap
 from ..domain.model import Attribute, Changes, Memfd, MemfdFlag, Memslot, Population, Vm, VmState, VmType
 from ..domain.operation import Operation, OperationStatus
 from .models import ExtentRow, MemfdRow, MemslotRow, OperationRow, VmRow
+
+_DEL_EXT = delete(ExtentRow).where(
+    ExtentRow.vm_id == bindparam("p_vm"),
+    ExtentRow.map == bindparam("p_map"),
+    ExtentRow.owner == bindparam("p_owner"),
+    ExtentRow.start.in_(bindparam("p_starts", expanding=True)),
+)
+_UPD_VM = (
+    update(VmRow)
+    .where(VmRow.id == bindparam("p_id"))
+    .values(state=bindparam("p_state"), generation=bindparam("p_gen"), updated_at=bindparam("p_ts"))
+)
+_INS_OP = insert(OperationRow).returning(OperationRow.seq)
+_FIN_OP = (
+    update(OperationRow)
+    .where(OperationRow.id == bindparam("p_id"))
+    .values(
+        status=bindparam("p_status"),
+        result=bindparam("p_result"),
+        error=bindparam("p_error"),
+        response_status=bindparam("p_rs"),
+        finished_at=bindparam("p_fa"),
+    )
+)
+_INS_EXT = insert(ExtentRow)
 
 _VALUE_TYPES: dict[str, type[Attribute] | type[Population]] = {
     "attribute": Attribute,
@@ -157,25 +182,18 @@ class SqlVmRepository:
             conn.execute(delete(VmRow).where(VmRow.id == vm.id))
         elif not created:
             conn.execute(
-                update(VmRow)
-                .where(VmRow.id == vm.id)
-                .values(
-                    state=(changes.previous_state if undo else vm.state).value,
-                    generation=changes.previous_generation if undo else vm.generation,
-                    updated_at=changes.previous_updated_at if undo else vm.updated_at,
-                )
+                _UPD_VM,
+                {
+                    "p_id": vm.id,
+                    "p_state": (changes.previous_state if undo else vm.state).value,
+                    "p_gen": changes.previous_generation if undo else vm.generation,
+                    "p_ts": changes.previous_updated_at if undo else vm.updated_at,
+                },
             )
 
     def _delete_extents(self, vm_id: str, map_name: str, owner: str, starts: list[int]) -> None:
         for chunk in _chunks(sorted(starts)):
-            self._conn.execute(
-                delete(ExtentRow).where(
-                    ExtentRow.vm_id == vm_id,
-                    ExtentRow.map == map_name,
-                    ExtentRow.owner == owner,
-                    ExtentRow.start.in_(chunk),
-                )
-            )
+            self._conn.execute(_DEL_EXT, {"p_vm": vm_id, "p_map": map_name, "p_owner": owner, "p_starts": chunk})
 
     def _insert_extents(self, vm_id: str, map_name: str, owner: str, extents: list[Extent[Any]]) -> None:
         if extents:
@@ -230,8 +248,8 @@ class SqlJournal:
 
     def _insert(self, op: Operation) -> None:
         op.seq = self._conn.execute(
-            insert(OperationRow)
-            .values(
+            _INS_OP,
+            dict(
                 id=op.id,
                 vm_id=op.vm_id,
                 kind=op.kind,
@@ -246,8 +264,7 @@ class SqlJournal:
                 fingerprint=op.fingerprint,
                 created_at=op.created_at,
                 finished_at=op.finished_at,
-            )
-            .returning(OperationRow.seq)
+            ),
         ).scalar_one()
 
     def finish(
@@ -260,15 +277,15 @@ class SqlJournal:
         response_status: int | None,
     ) -> None:
         self._conn.execute(
-            update(OperationRow)
-            .where(OperationRow.id == op_id)
-            .values(
-                status=status.value,
-                result=result,
-                error=error,
-                response_status=response_status,
-                finished_at=datetime.now(UTC),
-            )
+            _FIN_OP,
+            {
+                "p_id": op_id,
+                "p_status": status.value,
+                "p_result": result,
+                "p_error": error,
+                "p_rs": response_status,
+                "p_fa": datetime.now(UTC),
+            },
         )
 
     def by_key(self, key: str) -> Operation | None:

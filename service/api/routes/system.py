@@ -26,7 +26,7 @@ def host(broker: BrokerDep) -> JSONResponse:
 
 
 @router.get("/healthz", tags=["health"], response_model=schemas.Health, summary="Liveness")
-def healthz() -> JSONResponse:
+async def healthz() -> JSONResponse:
     return JSONResponse({"status": "ok"})
 
 
