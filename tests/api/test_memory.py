@@ -5,6 +5,9 @@ from __future__ import annotations
 import itertools
 
 import httpx
+from sqlalchemy import create_engine, func, select
+
+from service.store.models import ExtentRow
 
 from .helpers import (
     BASE_GPA,
@@ -96,9 +99,19 @@ def test_adjacent_memslots_merge_in_the_view_and_gaps_are_absent(client: httpx.C
     ]
 
 
-def test_one_tib_guest_2000_scattered_pages_make_4001_extents(client: httpx.Client) -> None:
+def extent_rows(db_url: str, vm_id: str) -> int:
+    engine = create_engine(db_url)
+    with engine.connect() as conn:
+        count = conn.execute(select(func.count()).select_from(ExtentRow).where(ExtentRow.vm_id == vm_id)).scalar_one()
+    engine.dispose()
+    return int(count)
+
+
+def test_one_tib_guest_2000_scattered_pages_make_4001_extents(client: httpx.Client, db_url: str) -> None:
     vm = create_vm(client, "sev_snp")
     memfd = create_memfd(client, vm["id"], TIB)
+    # a 1 TiB memfd is stored as no rows at all: it is one hole
+    assert extent_rows(db_url, vm["id"]) == 0
     # one memslot holds at most 2^31 - 1 pages (8 TiB): a 1 TiB one is fine
     create_memslot(client, vm["id"], memfd["id"], size=TIB)
     stride = (TIB // 2000) // PAGE * PAGE
@@ -109,6 +122,8 @@ def test_one_tib_guest_2000_scattered_pages_make_4001_extents(client: httpx.Clie
     assert len(items) == 4001
     assert sum(1 for e in items if e["attribute"] == "shared") == 2000
     assert sum(e["size"] for e in items) == TIB
+    # stored as extents too: 4,001 attribute runs, no population rows, nothing per page
+    assert extent_rows(db_url, vm["id"]) == 4001
 
 
 def test_paging_with_windows_and_cursors(client: httpx.Client) -> None:
