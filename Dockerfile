@@ -21,7 +21,7 @@ WORKDIR /app
 COPY requirements.lock ./
 RUN pip install --no-cache-dir -r requirements.lock
 
-COPY pyproject.toml ./
+COPY pyproject.toml README.md ./
 COPY service/ ./service/
 COPY migrations/ ./migrations/
 RUN pip install --no-cache-dir --no-deps . \

@@ -251,3 +251,15 @@ def test_dockerfile_env_names_are_settings_fields(
     ]
     unknown = [n for n in names if n.removeprefix(ENV_PREFIX).lower() not in Settings.model_fields]
     assert not unknown, f"not fields of service.settings.Settings: {unknown}"
+
+
+def test_dockerfile_copies_what_the_package_build_reads(dockerfile: list[Instruction]) -> None:
+    import tomllib
+
+    project = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]
+    copied: set[str] = set()
+    for ins in dockerfile:
+        if ins.keyword == "COPY":
+            copied.update(p.rstrip("/") for p in ins.args.split()[:-1])
+    needed = {"pyproject.toml", "requirements.lock", "service", "migrations", project["readme"]}
+    assert needed <= copied, f"the image build needs {sorted(needed - copied)}"
