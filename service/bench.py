@@ -112,8 +112,16 @@ def _server(workdir: Path) -> Iterator[tuple[str, int]]:
         "GMEM_BROKER_LOG_LEVEL": "warning",
     }
     log_path = workdir / "server.log"
-    cmd = [sys.executable, "-c", "from service.cli import main; main()", "serve", "--host", "127.0.0.1",
-           "--port", str(port)]
+    cmd = [
+        sys.executable,
+        "-c",
+        "from service.cli import main; main()",
+        "serve",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+    ]
     with log_path.open("wb") as log:
         proc = subprocess.Popen(cmd, env=env, cwd=workdir, stdin=subprocess.DEVNULL, stdout=log, stderr=log)
     base_url = f"http://127.0.0.1:{port}"
@@ -129,8 +137,9 @@ def _server(workdir: Path) -> Iterator[tuple[str, int]]:
                 except httpx.TransportError:
                     pass
                 if time.monotonic() > deadline:
-                    raise RuntimeError(f"the server was not ready in {SERVER_START_TIMEOUT:.0f} s:\n"
-                                       f"{_log_tail(log_path)}")
+                    raise RuntimeError(
+                        f"the server was not ready in {SERVER_START_TIMEOUT:.0f} s:\n{_log_tail(log_path)}"
+                    )
                 time.sleep(0.05)
         yield base_url, proc.pid
     finally:
@@ -229,20 +238,40 @@ def _run_wrk(
     if kind == NOOP:
         script, url = marker + _WRK_DONE, f"{base_url}/healthz"
     else:
-        script = marker + _WRK_CONVERT.format(
-            vm_id=layout.vm_id, first_gfn=layout.first_gfn, region=layout.region, cycle=layout.cycle,
-            stride=STRIDE, page=PAGE,
-        ) + _WRK_DONE
+        script = (
+            marker
+            + _WRK_CONVERT.format(
+                vm_id=layout.vm_id,
+                first_gfn=layout.first_gfn,
+                region=layout.region,
+                cycle=layout.cycle,
+                stride=STRIDE,
+                page=PAGE,
+            )
+            + _WRK_DONE
+        )
         url = base_url
     path = workdir / f"{kind}.lua"
     path.write_text(script)
-    cmd = [wrk, "-t", str(threads), "-c", str(connections), "-d", f"{seconds}s", "--timeout", "30s",
-           "-s", str(path), url]
+    cmd = [
+        wrk,
+        "-t",
+        str(threads),
+        "-c",
+        str(connections),
+        "-d",
+        f"{seconds}s",
+        "--timeout",
+        "30s",
+        "-s",
+        str(path),
+        url,
+    ]
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 90, check=False)
     lines = [line for line in out.stdout.splitlines() if line.startswith(MARKER)]
     if out.returncode != 0 or not lines:
         raise RuntimeError(f"wrk failed ({out.returncode}):\n{out.stdout}\n{out.stderr}")
-    raw = json.loads(lines[-1][len(MARKER):])
+    raw = json.loads(lines[-1][len(MARKER) :])
     elapsed = raw["duration_us"] / 1e6
     return {
         "requests": raw["requests"],
@@ -424,7 +453,13 @@ def _batch_bodies(vm_first_gfn: int, region: int, batch_ranges: int, range_pages
 
 
 def _run_batches(
-    client: httpx.Client, vm_id: str, first_gfn: int, region: int, *, duration: float, batch_ranges: int,
+    client: httpx.Client,
+    vm_id: str,
+    first_gfn: int,
+    region: int,
+    *,
+    duration: float,
+    batch_ranges: int,
     range_pages: int,
 ) -> dict[str, Any]:
     body = _batch_bodies(first_gfn, region, batch_ranges, range_pages)
@@ -476,12 +511,18 @@ def _report(figures: dict[str, Any], console: Console) -> None:
     table.add_column("p99 ms", justify="right")
     table.add_column("notes")
     table.add_row(
-        "(a) GET /healthz", f"{a['requests_per_s']:,.0f} req/s", f"{a['p50_ms']:.2f}", f"{a['p99_ms']:.2f}",
+        "(a) GET /healthz",
+        f"{a['requests_per_s']:,.0f} req/s",
+        f"{a['p50_ms']:.2f}",
+        f"{a['p99_ms']:.2f}",
         f"{a['requests']:,} req, {a['errors']} err",
     )
     table.add_row(
-        "(b) convert 1 range x 1 page", f"{b['requests_per_s']:,.0f} req/s", f"{b['p50_ms']:.2f}",
-        f"{b['p99_ms']:.2f}", f"{b['ratio_to_noop']:.1%} of (a); {b['requests']:,} req, {b['errors']} err",
+        "(b) convert 1 range x 1 page",
+        f"{b['requests_per_s']:,.0f} req/s",
+        f"{b['p50_ms']:.2f}",
+        f"{b['p99_ms']:.2f}",
+        f"{b['ratio_to_noop']:.1%} of (a); {b['requests']:,} req, {b['errors']} err",
     )
     table.add_row(
         f"(c) convert {c['ranges']:,} ranges x {c['range_pages']} pages",
@@ -541,16 +582,20 @@ def run_bench(*, duration: float, connections: int, batch_ranges: int, range_pag
             if convert["requests"] <= layout.cycle and convert["shared_pages_after"] < convert["requests"]:
                 # Every worker is still on its first pass: each answered request made one page shared.
                 raise RuntimeError(
-                    f"{convert['requests']} single-page converts left only {convert['shared_pages_after']} "
-                    "pages shared"
+                    f"{convert['requests']} single-page converts left only {convert['shared_pages_after']} pages shared"
                 )
             convert["ratio_to_noop"] = (
                 convert["requests_per_s"] / noop["requests_per_s"] if noop["requests_per_s"] else 0.0
             )
             console.print(f"(c) batches of {batch_ranges} ranges x {range_pages} pages, 1 client ...")
             batch = _run_batches(
-                client, vm_id, BASE_GPA // PAGE + SINGLE_REGION_PAGES, batch_region, duration=duration,
-                batch_ranges=batch_ranges, range_pages=range_pages,
+                client,
+                vm_id,
+                BASE_GPA // PAGE + SINGLE_REGION_PAGES,
+                batch_region,
+                duration=duration,
+                batch_ranges=batch_ranges,
+                range_pages=range_pages,
             )
             server = f"uvicorn pid {pid}, 1 process, sim backend, SQLite (WAL)"
     figures: dict[str, Any] = {

@@ -47,7 +47,7 @@ def pg_cluster() -> Iterator[ThrowawayCluster | str]:
 def _fresh_database(kind: str, request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> str:
     if kind == "sqlite":
         return f"sqlite:///{tmp_path_factory.mktemp('db') / 'broker.db'}"
-    cluster = request.getfixturevalue("pg_cluster")
+    cluster: ThrowawayCluster | str = request.getfixturevalue("pg_cluster")
     if isinstance(cluster, str):
         return _external_database(cluster)
     return cluster.create_database(f"t_{uuid.uuid4().hex[:12]}")

@@ -204,9 +204,7 @@ class ExtentMap(Generic[V]):
         self._runs.clear()
 
 
-def sweep(
-    *maps: tuple[ExtentMap[Any], int], start: int, end: int
-) -> Iterator[tuple[int, int, tuple[Any, ...]]]:
+def sweep(*maps: tuple[ExtentMap[Any], int], start: int, end: int) -> Iterator[tuple[int, int, tuple[Any, ...]]]:
     """Walk ``[start, end)`` over several maps at once, each read at its own page offset.
 
     Yields ``(start, end, values)`` for every piece over which no map changes value; the pieces

@@ -187,6 +187,7 @@ class Vm:
         self.attributes: ExtentMap[Attribute] = attributes if attributes is not None else ExtentMap()
         self.shared: ExtentMap[Population] = shared if shared is not None else ExtentMap()
         self._changes: Changes | None = None
+        self._touched: set[str] = set()
 
     @classmethod
     def create(cls, *, id: str, name: str, vm_type: VmType, now: datetime) -> tuple[Vm, list[fx.Effect]]:
@@ -216,17 +217,22 @@ class Vm:
         changes, self._changes = self._changes, None
         if changes is None:
             return None
-        for key, emap in self._maps():
+        for key, emap in self._touched_maps():
             delta = emap.drain()
             if delta and not any(m.id == key[1] for m in changes.memfds_added):
                 changes.maps[key] = delta
+        self._touched.clear()
         return changes
 
-    def _maps(self) -> Iterator[tuple[MapKey, ExtentMap[Any]]]:
+    def _touched_maps(self) -> Iterator[tuple[MapKey, ExtentMap[Any]]]:
+        # Only the memfds this mutation touched: draining every memfd would make each mutation
+        # cost O(memfds of the VM).
         yield ("attribute", ""), self.attributes
         yield ("shared", ""), self.shared
-        for memfd in self.memfds.values():
-            yield ("population", memfd.id), memfd.population
+        for memfd_id in sorted(self._touched):
+            memfd = self.memfds.get(memfd_id)
+            if memfd is not None:
+                yield ("population", memfd.id), memfd.population
 
     # -- lookups ---------------------------------------------------------------------------------
 
@@ -380,8 +386,7 @@ class Vm:
             )
         for other in self.slots_in(gfn, gfn_end):
             raise Overlap(
-                f"gpa range overlaps memslot {other.slot} "
-                f"[{to_bytes(other.gfn):#x}, {to_bytes(other.gfn_end):#x})",
+                f"gpa range overlaps memslot {other.slot} [{to_bytes(other.gfn):#x}, {to_bytes(other.gfn_end):#x})",
                 errno="EEXIST",
             )
         for other, _, _ in self.bindings_of(memfd_id, pgoff, pgoff + npages):
@@ -421,8 +426,7 @@ class Vm:
     def _require_in_file(self, memfd: Memfd, pgoff: int, pgoff_end: int, what: str) -> None:
         if pgoff_end > memfd.npages:
             raise OutOfRange(
-                f"{what}: range ends at {to_bytes(pgoff_end):#x}, past the end of memfd "
-                f"{memfd.id!r} ({memfd.size:#x})",
+                f"{what}: range ends at {to_bytes(pgoff_end):#x}, past the end of memfd {memfd.id!r} ({memfd.size:#x})",
                 errno="EINVAL",
             )
 
@@ -438,6 +442,7 @@ class Vm:
                         gpa=to_bytes(ext.start),
                     )
         self._begin(now)
+        self._touched.add(memfd_id)
         added = memfd.population.set(pgoff, pgoff_end, Population.ALLOCATED)
         return added, [fx.Allocate(self.id, memfd_id, pgoff, pgoff_end - pgoff)]
 
@@ -451,7 +456,7 @@ class Vm:
             for slot, gfn, _gfn_end in self.bindings_of(memfd_id, pgoff, pgoff_end):
                 shift = slot.pgoff - slot.gfn
                 lo, hi = gfn + shift, _gfn_end + shift
-                for start, end, (attr, pop) in sweep(
+                for start, _end, (attr, pop) in sweep(
                     (self.attributes, -shift), (memfd.population, 0), start=lo, end=hi
                 ):
                     if attr is Attribute.PRIVATE and pop is Population.ALLOCATED:
@@ -461,6 +466,7 @@ class Vm:
                             gpa=to_bytes(start - shift),
                         )
         self._begin(now)
+        self._touched.add(memfd_id)
         freed = memfd.population.set(pgoff, pgoff_end, None)
         return freed, [fx.PunchHole(self.id, memfd_id, pgoff, pgoff_end - pgoff)]
 
@@ -470,13 +476,10 @@ class Vm:
             lo, hi = max(gfn, slot.gfn), min(gfn_end, slot.gfn_end)
             shift = slot.pgoff - slot.gfn
             population = self.memfds[slot.memfd_id].population
-            for start, _end, (attr, pop) in sweep(
-                (self.attributes, 0), (population, shift), start=lo, end=hi
-            ):
+            for start, _end, (attr, pop) in sweep((self.attributes, 0), (population, shift), start=lo, end=hi):
                 if attr is not Attribute.SHARED:
                     raise AttributeMismatch(
-                        f"gpa {to_bytes(start):#x} is private; shared backing is populated only for "
-                        "shared gfns",
+                        f"gpa {to_bytes(start):#x} is private; shared backing is populated only for shared gfns",
                         gpa=to_bytes(start),
                     )
                 if pop is Population.ALLOCATED:
@@ -509,6 +512,7 @@ class Vm:
                     lo, hi = max(r.gfn, slot.gfn), min(r.gfn_end, slot.gfn_end)
                     pgoff = slot.pgoff + (lo - slot.gfn)
                     population = self.memfds[slot.memfd_id].population
+                    self._touched.add(slot.memfd_id)
                     outcome.private_pages_freed += population.set(pgoff, pgoff + hi - lo, None)
                     effects.append(fx.PunchHole(self.id, slot.memfd_id, pgoff, hi - lo))
             else:
@@ -548,12 +552,9 @@ class Vm:
         return {
             "private_pages": private,
             "shared_pages": shared,
-            "allocated_private_pages": sum(
-                e.npages for m in self.memfds.values() for e in m.population
-            ),
+            "allocated_private_pages": sum(e.npages for m in self.memfds.values() for e in m.population),
             "allocated_shared_pages": sum(e.npages for e in self.shared),
-            "extents": len(self.attributes) + len(self.shared)
-            + sum(len(m.population) for m in self.memfds.values()),
+            "extents": len(self.attributes) + len(self.shared) + sum(len(m.population) for m in self.memfds.values()),
         }
 
 

@@ -36,9 +36,12 @@ def recover(broker: Broker) -> list[str]:
 
 
 def reconcile(broker: Broker) -> list[str]:
+    """Compare the backend's inventory with the database (not the cache: it is the record)."""
     inventory = broker.backend.inventory()
+    with broker.uow() as uow:
+        stored = uow.vms.load_all()
     report: list[str] = []
-    for vm in broker.vms():
+    for vm in stored:
         held = inventory.get(vm.id)
         if held is None:
             report.append(f"VM {vm.id}: in the database, not in the backend")
@@ -46,11 +49,11 @@ def reconcile(broker: Broker) -> list[str]:
         if held.memslots != set(vm.memslots):
             report.append(f"VM {vm.id}: memslots {sorted(vm.memslots)} stored, {sorted(held.memslots)} in the backend")
         for memfd in vm.memfds.values():
-            stored = [(e.start, e.end) for e in memfd.population]
+            runs = [(e.start, e.end) for e in memfd.population]
             if memfd.id not in held.memfds:
                 report.append(f"VM {vm.id}: memfd {memfd.id} missing from the backend")
-            elif held.memfds[memfd.id] != stored:
+            elif held.memfds[memfd.id] != runs:
                 report.append(f"VM {vm.id}: memfd {memfd.id} population differs from the backend")
-    known = {vm.id for vm in broker.vms()}
+    known = {vm.id for vm in stored}
     report += [f"VM {vm_id}: in the backend, not in the database" for vm_id in inventory if vm_id not in known]
     return report

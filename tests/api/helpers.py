@@ -69,7 +69,7 @@ def memfd_extents(client: httpx.Client, vm_id: str, memfd_id: str) -> list[dict[
     items: list[dict[str, Any]] = []
     cursor = None
     while True:
-        q = {"cursor": cursor} if cursor else {}
+        q: dict[str, str] = {"cursor": cursor} if cursor else {}
         page = ok(client.get(f"/v1/vms/{vm_id}/memfds/{memfd_id}/extents", params=q))
         items += page["items"]
         cursor = page["next_cursor"]
