@@ -33,7 +33,8 @@ def make_engine(url: str, *, pool_size: int = 10) -> Engine:
 
         @event.listens_for(engine, "begin")
         def _sqlite_begin(conn: Any) -> None:
-            conn.exec_driver_sql("BEGIN IMMEDIATE")
+            # Straight to the driver: this runs on every transaction of every mutation.
+            conn.connection.dbapi_connection.execute("BEGIN IMMEDIATE")
 
         return engine
     return create_engine(url, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True)

@@ -11,39 +11,14 @@ from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Connection, and_, bindparam, delete, insert, or_, select, update
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy import Connection, and_, delete, insert, or_, select
 
 from ..domain.errors import Conflict
 from ..domain.extents import Extent, ExtentMap
 from ..domain.model import Attribute, Changes, Memfd, MemfdFlag, Memslot, Population, Vm, VmState, VmType
 from ..domain.operation import Operation, OperationStatus
+from .hotpath import execute, execute_many, hot
 from .models import ExtentRow, MemfdRow, MemslotRow, OperationRow, VmRow
-
-_DEL_EXT = delete(ExtentRow).where(
-    ExtentRow.vm_id == bindparam("p_vm"),
-    ExtentRow.map == bindparam("p_map"),
-    ExtentRow.owner == bindparam("p_owner"),
-    ExtentRow.start.in_(bindparam("p_starts", expanding=True)),
-)
-_UPD_VM = (
-    update(VmRow)
-    .where(VmRow.id == bindparam("p_id"))
-    .values(state=bindparam("p_state"), generation=bindparam("p_gen"), updated_at=bindparam("p_ts"))
-)
-_INS_OP = insert(OperationRow).returning(OperationRow.seq)
-_FIN_OP = (
-    update(OperationRow)
-    .where(OperationRow.id == bindparam("p_id"))
-    .values(
-        status=bindparam("p_status"),
-        result=bindparam("p_result"),
-        error=bindparam("p_error"),
-        response_status=bindparam("p_rs"),
-        finished_at=bindparam("p_fa"),
-    )
-)
-_INS_EXT = insert(ExtentRow)
 
 _VALUE_TYPES: dict[str, type[Attribute] | type[Population]] = {
     "attribute": Attribute,
@@ -181,36 +156,27 @@ class SqlVmRepository:
             conn.execute(delete(ExtentRow).where(ExtentRow.vm_id == vm.id))
             conn.execute(delete(VmRow).where(VmRow.id == vm.id))
         elif not created:
-            conn.execute(
-                _UPD_VM,
-                {
-                    "p_id": vm.id,
-                    "p_state": (changes.previous_state if undo else vm.state).value,
-                    "p_gen": changes.previous_generation if undo else vm.generation,
-                    "p_ts": changes.previous_updated_at if undo else vm.updated_at,
-                },
-            )
+            sql = hot(conn)
+            execute(
+                conn,
+                sql.update_vm,
+                (
+                    (changes.previous_state if undo else vm.state).value,
+                    changes.previous_generation if undo else vm.generation,
+                    sql.dt(changes.previous_updated_at if undo else vm.updated_at),
+                    vm.id,
+                ),
+            ).close()
 
     def _delete_extents(self, vm_id: str, map_name: str, owner: str, starts: list[int]) -> None:
+        sql = hot(self._conn)
         for chunk in _chunks(sorted(starts)):
-            self._conn.execute(_DEL_EXT, {"p_vm": vm_id, "p_map": map_name, "p_owner": owner, "p_starts": chunk})
+            execute(self._conn, sql.delete_extents(len(chunk)), (vm_id, map_name, owner, *chunk)).close()
 
     def _insert_extents(self, vm_id: str, map_name: str, owner: str, extents: list[Extent[Any]]) -> None:
         if extents:
-            self._conn.execute(
-                insert(ExtentRow),
-                [
-                    {
-                        "vm_id": vm_id,
-                        "map": map_name,
-                        "owner": owner,
-                        "start": e.start,
-                        "end": e.end,
-                        "value": str(e.value),
-                    }
-                    for e in extents
-                ],
-            )
+            rows = [(vm_id, map_name, owner, e.start, e.end, str(e.value)) for e in extents]
+            execute_many(self._conn, hot(self._conn).insert_extent, rows)
 
 
 def _to_operation(row: Any) -> Operation:
@@ -238,34 +204,32 @@ class SqlJournal:
         self._conn = conn
 
     def add(self, op: Operation) -> None:
+        sql = hot(self._conn)
+        params = (
+            op.id,
+            op.vm_id,
+            op.kind,
+            op.status.value,
+            sql.js(op.request),
+            sql.js(op.effects),
+            op.generation,
+            sql.js(op.result),
+            sql.js(op.error),
+            op.response_status,
+            op.idempotency_key,
+            op.fingerprint,
+            sql.dt(op.created_at),
+            sql.dt(op.finished_at),
+        )
         try:
-            self._insert(op)
-        except IntegrityError as exc:
+            cursor = execute(self._conn, sql.insert_op, params)
+        except sql.integrity_error as exc:
             # Two requests with one key raced past the replay check (they lock different VMs).
             raise Conflict(
                 f"Idempotency-Key {op.idempotency_key!r} is in use by a concurrent request; retry it"
             ) from exc
-
-    def _insert(self, op: Operation) -> None:
-        op.seq = self._conn.execute(
-            _INS_OP,
-            dict(
-                id=op.id,
-                vm_id=op.vm_id,
-                kind=op.kind,
-                status=op.status.value,
-                request=op.request,
-                effects=op.effects,
-                generation=op.generation,
-                result=op.result,
-                error=op.error,
-                response_status=op.response_status,
-                idempotency_key=op.idempotency_key,
-                fingerprint=op.fingerprint,
-                created_at=op.created_at,
-                finished_at=op.finished_at,
-            ),
-        ).scalar_one()
+        op.seq = int(cursor.fetchone()[0])
+        cursor.close()
 
     def finish(
         self,
@@ -276,17 +240,9 @@ class SqlJournal:
         error: dict[str, Any] | None,
         response_status: int | None,
     ) -> None:
-        self._conn.execute(
-            _FIN_OP,
-            {
-                "p_id": op_id,
-                "p_status": status.value,
-                "p_result": result,
-                "p_error": error,
-                "p_rs": response_status,
-                "p_fa": datetime.now(UTC),
-            },
-        )
+        sql = hot(self._conn)
+        params = (status.value, sql.js(result), sql.js(error), response_status, sql.dt(datetime.now(UTC)), op_id)
+        execute(self._conn, sql.finish_op, params).close()
 
     def by_key(self, key: str) -> Operation | None:
         row = self._conn.execute(select(OperationRow).where(OperationRow.idempotency_key == key)).first()
