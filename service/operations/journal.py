@@ -125,7 +125,7 @@ def mutate(
         if replay is not None:
             return replay
         if vm_id in broker.needs_replay:
-            replay_vm(broker, vm_id)
+            replay_pending(broker, vm_id)
         vm = new_vm if new_vm is not None else broker.vm(vm_id)
         check_if_match(vm, meta.if_match)
         now = broker.clock()
@@ -200,10 +200,14 @@ def _undo(broker: Broker, op: Operation, changes: Changes, problem: DomainError)
     broker.forget(op.vm_id)
 
 
-def replay_vm(broker: Broker, vm_id: str) -> int:
-    """Re-apply the effects of this VM's pending operations, oldest first; returns how many."""
+def replay_pending(broker: Broker, vm_id: str | None = None) -> int:
+    """Re-apply the effects of pending operations (of one VM, or all), oldest first; returns how many.
+
+    Backend calls are idempotent: applying a pending operation's effects again is safe whether the
+    failure or crash came before, during or after them.
+    """
     with broker.uow() as uow:
-        pending = [op for op in uow.journal.pending() if op.vm_id == vm_id]
+        pending = [op for op in uow.journal.pending() if vm_id is None or op.vm_id == vm_id]
     for op in pending:
         broker.execute([fx.effect_from_json(e) for e in op.effects])
         with broker.uow() as uow:
@@ -211,5 +215,9 @@ def replay_vm(broker: Broker, vm_id: str) -> int:
                 op.id, OperationStatus.APPLIED, result=op.result, error=None, response_status=op.response_status
             )
             uow.commit()
-    broker.needs_replay.discard(vm_id)
+        log.info("replayed pending operation %s (%s on %s)", op.id, op.kind, op.vm_id)
+    if vm_id is None:
+        broker.needs_replay.clear()
+    else:
+        broker.needs_replay.discard(vm_id)
     return len(pending)

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from ..domain import effects as fx
-from ..domain.operation import OperationStatus
 from .broker import Broker, log
+from .journal import replay_pending
 
 
 def recover(broker: Broker) -> list[str]:
@@ -14,18 +13,7 @@ def recover(broker: Broker) -> list[str]:
         if not broker.backend.restore(vm):
             log.warning("VM %s: backend objects are gone", vm.id)
 
-    with broker.uow() as uow:
-        pending = uow.journal.pending()
-    for op in pending:
-        # Backend calls are idempotent: applying a pending operation's effects again is safe
-        # whether the crash came before, during or after them.
-        broker.execute([fx.effect_from_json(e) for e in op.effects])
-        with broker.uow() as uow:
-            uow.journal.finish(
-                op.id, OperationStatus.APPLIED, result=op.result, error=None, response_status=op.response_status
-            )
-            uow.commit()
-        log.info("replayed pending operation %s (%s on %s)", op.id, op.kind, op.vm_id)
+    replay_pending(broker)
 
     report = reconcile(broker)
     for line in report:
