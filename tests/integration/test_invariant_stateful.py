@@ -474,21 +474,7 @@ class BrokerMachine(RuleBasedStateMachine):
     def punch_hole(self, data: st.DataObject, index: int, allow_private: bool) -> None:
         mid = self.memfd(index)
         lo, hi = self.draw_pgoff_range(data, mid)
-        out = self.attempt(
-            self.m.check_punch(mid, lo, hi, allow_private),
-            lambda: population.punch_hole(
-                self.broker,
-                self.vm_id,
-                mid,
-                offset=lo * PAGE_SIZE,
-                length=(hi - lo) * PAGE_SIZE,
-                allow_private=allow_private,
-                meta=META,
-            ),
-        )
-        if out is not None:
-            self.bumped(out)
-            assert out.body["pages_freed"] == self.m.punch(mid, lo, hi)
+        self.punch(mid, lo, hi, allow_private)
 
     @rule(data=st.data(), allow_private=st.booleans())
     def punch_private_page(self, data: st.DataObject, allow_private: bool) -> None:
@@ -505,8 +491,12 @@ class BrokerMachine(RuleBasedStateMachine):
         mid, p = data.draw(st.sampled_from(targets), label="page")
         lo = max(0, p - data.draw(st.integers(0, 2), label="before"))
         hi = min(MEMFD_PAGES, p + 1 + data.draw(st.integers(0, 2), label="after"))
+        self.punch(mid, lo, hi, allow_private)
+
+    def punch(self, mid: str, lo: int, hi: int, allow_private: bool) -> None:
+        """Punch pgoffs [lo, hi) of a memfd through the broker; the model predicts refusal and count."""
         out = self.attempt(
-            m.check_punch(mid, lo, hi, allow_private),
+            self.m.check_punch(mid, lo, hi, allow_private),
             lambda: population.punch_hole(
                 self.broker,
                 self.vm_id,
@@ -519,7 +509,7 @@ class BrokerMachine(RuleBasedStateMachine):
         )
         if out is not None:
             self.bumped(out)
-            assert out.body["pages_freed"] == m.punch(mid, lo, hi)
+            assert out.body["pages_freed"] == self.m.punch(mid, lo, hi)
 
     @rule(data=st.data())
     def populate_shared(self, data: st.DataObject) -> None:
