@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from ..domain.model import Vm
 from .broker import Broker, log
 from .journal import replay_pending
 
@@ -15,7 +16,8 @@ def recover(broker: Broker) -> list[str]:
 
     replay_pending(broker)
 
-    report = reconcile(broker)
+    # Replay changes the backend, never the stored extents: the VMs just loaded are the record.
+    report = reconcile(broker, vms)
     for line in report:
         log.warning("reconcile: %s", line)
     broker.reconcile_report = report
@@ -23,11 +25,12 @@ def recover(broker: Broker) -> list[str]:
     return report
 
 
-def reconcile(broker: Broker) -> list[str]:
+def reconcile(broker: Broker, stored: list[Vm] | None = None) -> list[str]:
     """Compare the backend's inventory with the database (not the cache: it is the record)."""
     inventory = broker.backend.inventory()
-    with broker.uow() as uow:
-        stored = uow.vms.load_all()
+    if stored is None:
+        with broker.uow() as uow:
+            stored = uow.vms.load_all()
     report: list[str] = []
     for vm in stored:
         held = inventory.get(vm.id)
