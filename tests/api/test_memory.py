@@ -93,9 +93,19 @@ def test_adjacent_memslots_merge_in_the_view_and_gaps_are_absent(client: httpx.C
     b = create_memfd(client, vm["id"], MIB)
     create_memslot(client, vm["id"], a["id"], slot=0, gpa=BASE_GPA, size=MIB)
     create_memslot(client, vm["id"], b["id"], slot=1, gpa=BASE_GPA + MIB, size=MIB)
+    c = create_memfd(client, vm["id"], MIB)
+    create_memslot(client, vm["id"], c["id"], slot=2, gpa=BASE_GPA + 8 * MIB, size=MIB)
     items = all_extents(client, vm["id"])
+    # slots 0 and 1 touch and merge into one extent; the gap up to slot 2 is not in the view
     assert items == [
-        {"gpa": BASE_GPA, "size": 2 * MIB, "attribute": "private", "private_backing": "hole", "shared_backing": "hole"}
+        {"gpa": BASE_GPA, "size": 2 * MIB, "attribute": "private", "private_backing": "hole", "shared_backing": "hole"},
+        {
+            "gpa": BASE_GPA + 8 * MIB,
+            "size": MIB,
+            "attribute": "private",
+            "private_backing": "hole",
+            "shared_backing": "hole",
+        },
     ]
 
 
