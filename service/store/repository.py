@@ -11,7 +11,7 @@ from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Connection, and_, delete, insert, or_, select
+from sqlalchemy import Connection, delete, insert, select
 
 from ..domain.errors import Conflict
 from ..domain.extents import Extent, ExtentMap
@@ -257,7 +257,7 @@ class SqlJournal:
     def list(self, vm_id: str, *, after_seq: int, limit: int) -> list[Operation]:
         rows = self._conn.execute(
             select(OperationRow)
-            .where(and_(OperationRow.vm_id == vm_id, or_(OperationRow.seq > after_seq)))
+            .where(OperationRow.vm_id == vm_id, OperationRow.seq > after_seq)
             .order_by(OperationRow.seq)
             .limit(limit)
         )
