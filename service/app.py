@@ -69,7 +69,7 @@ def create_app(
     app.state.settings = settings
     app.state.engine = engine
     app.state.broker = broker
-    for module in (vms, memfds, memslots, memory, system):
+    for module in (memory, vms, memfds, memslots, system):
         app.include_router(module.router)
     problems.install(app)
     app.add_middleware(RequestIdMiddleware)

@@ -179,6 +179,20 @@ def _warm_up(client: httpx.Client, layout: Layout, last_gfn: int) -> None:
             raise RuntimeError(f"a single-page convert converted {done['pages_converted']} pages")
 
 
+def _cpu_seconds(pid: int) -> float:
+    """User plus system CPU time of a process so far, from /proc (0 where there is no /proc).
+
+    Throughput depends on what else the machine runs; the server's CPU time per request much less,
+    so the report gives both.
+    """
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    # Fields 14 and 15 (utime, stime) of proc(5), counted from 1 with the name as field 2.
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 # -- (a) and (b) with wrk -----------------------------------------------------------------------
 
 _WRK_DONE = """
@@ -509,12 +523,14 @@ def _report(figures: dict[str, Any], console: Console) -> None:
     table.add_column("throughput", justify="right")
     table.add_column("p50 ms", justify="right")
     table.add_column("p99 ms", justify="right")
+    table.add_column("server CPU/req", justify="right")
     table.add_column("notes")
     table.add_row(
         "(a) GET /healthz",
         f"{a['requests_per_s']:,.0f} req/s",
         f"{a['p50_ms']:.2f}",
         f"{a['p99_ms']:.2f}",
+        f"{a['server_cpu_us_per_request']:,.0f} µs",
         f"{a['requests']:,} req, {a['errors']} err",
     )
     table.add_row(
@@ -522,6 +538,7 @@ def _report(figures: dict[str, Any], console: Console) -> None:
         f"{b['requests_per_s']:,.0f} req/s",
         f"{b['p50_ms']:.2f}",
         f"{b['p99_ms']:.2f}",
+        f"{b['server_cpu_us_per_request']:,.0f} µs",
         f"{b['ratio_to_noop']:.1%} of (a); {b['requests']:,} req, {b['errors']} err",
     )
     table.add_row(
@@ -529,6 +546,7 @@ def _report(figures: dict[str, Any], console: Console) -> None:
         f"{c['batches_per_s']:,.2f} batch/s\n{c['pages_per_s']:,.0f} pages/s",
         f"{c['p50_ms']:.1f}",
         f"{c['p99_ms']:.1f}",
+        "",
         f"{c['batches']} batches, 1 client",
     )
     console.print(table)
@@ -568,9 +586,14 @@ def run_bench(*, duration: float, connections: int, batch_ranges: int, range_pag
             _warm_up(client, layout, BASE_GPA // PAGE + memfd_pages - 1)
 
             def measure(kind: str) -> dict[str, Any]:
+                cpu_before = _cpu_seconds(pid)
                 if wrk is not None:
-                    return _run_wrk(wrk, workdir, base_url, kind, layout, seconds=seconds, connections=connections)
-                return _run_python(base_url, kind, layout, duration=duration, connections=connections)
+                    figures = _run_wrk(wrk, workdir, base_url, kind, layout, seconds=seconds, connections=connections)
+                else:
+                    figures = _run_python(base_url, kind, layout, duration=duration, connections=connections)
+                used = _cpu_seconds(pid) - cpu_before
+                figures["server_cpu_us_per_request"] = used / figures["requests"] * 1e6 if figures["requests"] else 0.0
+                return figures
 
             console.print(f"(a) GET /healthz, {connections} connections ...")
             noop = {"endpoint": "GET /healthz", **measure(NOOP)}

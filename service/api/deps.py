@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from dataclasses import dataclass
 from typing import Annotated, Any
 
 from fastapi import Depends, Header, Request
@@ -13,7 +14,7 @@ from ..operations.broker import Broker
 from ..operations.journal import Outcome, RequestMeta, etag
 
 
-def get_broker(request: Request) -> Broker:
+async def get_broker(request: Request) -> Broker:
     broker: Broker = request.app.state.broker
     return broker
 
@@ -21,7 +22,32 @@ def get_broker(request: Request) -> Broker:
 BrokerDep = Annotated[Broker, Depends(get_broker)]
 
 
-async def request_meta(
+async def request_meta(request: Request, idempotency_key: str | None, if_match: str | None) -> RequestMeta:
+    fingerprint = None
+    if idempotency_key is not None:
+        raw = await request.body()
+        try:
+            canonical: Any = json.loads(raw) if raw else None
+        except ValueError:
+            canonical = raw.decode("latin-1")
+        text = json.dumps([request.method, request.url.path, dict(request.query_params), canonical], sort_keys=True)
+        fingerprint = hashlib.sha256(text.encode()).hexdigest()
+    return RequestMeta(idempotency_key=idempotency_key, fingerprint=fingerprint, if_match=if_match)
+
+
+@dataclass(frozen=True, slots=True)
+class Mutating:
+    """What a mutation route needs: the broker and the request's metadata, as one dependency.
+
+    One dependency instead of two: FastAPI's per-request cost grows with each sub-dependency, and
+    this is on the path of every convert.
+    """
+
+    broker: Broker
+    meta: RequestMeta
+
+
+async def mutating(
     request: Request,
     idempotency_key: Annotated[
         str | None,
@@ -35,20 +61,12 @@ async def request_meta(
         str | None,
         Header(alias="If-Match", description="The VM's ETag; a stale one gets 412 and changes nothing."),
     ] = None,
-) -> RequestMeta:
-    fingerprint = None
-    if idempotency_key is not None:
-        raw = await request.body()
-        try:
-            canonical: Any = json.loads(raw) if raw else None
-        except ValueError:
-            canonical = raw.decode("latin-1")
-        text = json.dumps([request.method, request.url.path, dict(request.query_params), canonical], sort_keys=True)
-        fingerprint = hashlib.sha256(text.encode()).hexdigest()
-    return RequestMeta(idempotency_key=idempotency_key, fingerprint=fingerprint, if_match=if_match)
+) -> Mutating:
+    meta = await request_meta(request, idempotency_key, if_match)
+    return Mutating(request.app.state.broker, meta)
 
 
-MetaDep = Annotated[RequestMeta, Depends(request_meta)]
+MutatingDep = Annotated[Mutating, Depends(mutating)]
 
 
 def respond(outcome: Outcome) -> JSONResponse:

@@ -14,16 +14,15 @@ from __future__ import annotations
 
 from collections.abc import Hashable, Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, NamedTuple, TypeVar
 
 from sortedcontainers import SortedDict
 
 V = TypeVar("V", bound=Hashable)
 
 
-@dataclass(frozen=True, slots=True)
-class Extent(Generic[V]):
-    """A run of pages ``[start, end)`` carrying ``value``."""
+class Extent(NamedTuple, Generic[V]):
+    """A run of pages ``[start, end)`` carrying ``value``; a tuple, so cheap to make, hash and compare."""
 
     start: int
     end: int
@@ -128,57 +127,60 @@ class ExtentMap(Generic[V]):
         if start >= end:
             return 0
         runs = self._runs
-        keys = runs.keys()
-        # Take the run touching ``start`` from the left too, so a merge with it is seen: the last
-        # run starting before ``start`` (bisect_left: not one starting at ``start``, which would
-        # hide its left neighbour), kept if it reaches ``start``.
-        i = runs.bisect_left(start) - 1
-        if i < 0 or runs[keys[i]][0] < start:
-            i += 1
-        touched: list[Extent[V]] = []
-        n = len(keys)
-        while i < n:
-            s = keys[i]
-            if s > end:
-                break
-            e, v = runs[s]
-            touched.append(Extent(s, e, v))
-            i += 1
+        # The runs that overlap ``[start, end)`` or touch it (a merge with a neighbour must be seen).
+        old: dict[int, tuple[int, V]] = {}
+        i = runs.bisect_left(start)
+        if i:
+            s = runs.keys()[i - 1]
+            run = runs[s]
+            if run[0] >= start:
+                old[s] = run
+        for s in runs.irange(start, end):
+            old[s] = runs[s]
 
         unchanged = 0
-        pieces: list[Extent[V]] = []
-        for ext in touched:
-            lo, hi = max(ext.start, start), min(ext.end, end)
-            if lo < hi and ext.value == value:
-                unchanged += hi - lo
-            if ext.start < start:
-                pieces.append(Extent(ext.start, start, ext.value))
-            if ext.end > end:
-                pieces.append(Extent(end, ext.end, ext.value))
+        # Left remainder, the new run, right remainder; merged with equal neighbours as they come.
+        new: dict[int, tuple[int, V]] = {}
+        left: tuple[int, int, V] | None = None
+        right: tuple[int, int, V] | None = None
+        for s, (e, v) in old.items():
+            lo, hi = max(s, start), min(e, end)
+            if lo < hi:
+                unchanged += hi - lo if v == value else 0
+            if s < start:
+                left = (s, start, v)
+            if e > end:
+                right = (end, e, v)
         if value is None:
-            unchanged = (end - start) - sum(
-                min(x.end, end) - max(x.start, start) for x in touched if x.start < end and x.end > start
-            )
+            covered = sum(min(e, end) - max(s, start) for s, (e, _) in old.items() if s < end and e > start)
+            unchanged = (end - start) - covered
+            changed = covered
         else:
-            pieces.append(Extent(start, end, value))
-        changed = (end - start) - unchanged
+            changed = (end - start) - unchanged
         if changed == 0:
             return 0
-
-        pieces.sort(key=lambda x: x.start)
-        merged: list[Extent[V]] = []
-        for piece in pieces:
-            if merged and merged[-1].end == piece.start and merged[-1].value == piece.value:
-                merged[-1] = Extent(merged[-1].start, piece.end, piece.value)
+        pieces = [p for p in (left, None if value is None else (start, end, value), right) if p is not None]
+        last: list[Any] | None = None
+        for ps, pe, pv in pieces:
+            if last is not None and last[1] == ps and last[2] == pv:
+                last[1] = pe
             else:
-                merged.append(piece)
+                if last is not None:
+                    new[last[0]] = (last[1], last[2])
+                last = [ps, pe, pv]
+        if last is not None:
+            new[last[0]] = (last[1], last[2])
 
-        for ext in touched:
-            del runs[ext.start]
-            self._note_removed(ext)
-        for ext in merged:
-            runs[ext.start] = (ext.end, ext.value)
-            self._note_added(ext)
+        # Touch the sorted index only where keys come or go: rewriting a value in place is a dict store.
+        for s, run in old.items():
+            if new.get(s) != run:
+                self._note_removed(Extent(s, run[0], run[1]))
+                if s not in new:
+                    del runs[s]
+        for s, run in new.items():
+            if old.get(s) != run:
+                self._note_added(Extent(s, run[0], run[1]))
+                runs[s] = run
         return changed
 
     def _note_removed(self, ext: Extent[V]) -> None:

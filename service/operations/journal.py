@@ -1,10 +1,7 @@
-"""How every mutation runs (DESIGN section 6).
+"""The journal's side of a mutation (DESIGN section 6): request metadata and answers, idempotent
+replays of answers already given, preconditions, and the replay of operations left ``pending``.
 
-validate against stored state -> one transaction writes the new extents and a ``pending`` journal
-row -> apply to the backend -> mark ``applied``. A backend refusal of the first effect undoes the
-written state and marks the operation ``failed``; a failure after some effects applied leaves the
-operation ``pending`` to be replayed (backend calls are idempotent) before the VM's next mutation
-and at start-up.
+How a mutation runs through the journal is in ``mutation.py``.
 """
 
 from __future__ import annotations
@@ -23,9 +20,9 @@ from ..domain.errors import (
     NotSupportedByKernel,
     PreconditionFailed,
 )
-from ..domain.model import Changes, Vm
-from ..domain.operation import Operation, OperationStatus
-from .broker import Broker, log, new_id
+from ..domain.model import Vm
+from ..domain.operation import OperationStatus
+from .broker import Broker, log
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,98 +103,6 @@ def stored_replay(broker: Broker, meta: RequestMeta) -> Outcome | None:
 
 
 Change = Callable[[Vm, datetime, str], tuple[dict[str, Any], list[fx.Effect]]]
-
-
-def mutate(
-    broker: Broker,
-    vm_id: str,
-    kind: str,
-    request: dict[str, Any],
-    meta: RequestMeta,
-    change: Change,
-    *,
-    status_code: int = 200,
-    new_vm: Vm | None = None,
-) -> Outcome:
-    """Run one mutation of one VM under its lock; ``new_vm`` when the mutation creates it."""
-    with broker.locked(vm_id):
-        replay = stored_replay(broker, meta)
-        if replay is not None:
-            return replay
-        if vm_id in broker.needs_replay:
-            replay_pending(broker, vm_id)
-        vm = new_vm if new_vm is not None else broker.vm(vm_id)
-        check_if_match(vm, meta.if_match)
-        now = broker.clock()
-        op_id = new_id("op")
-        try:
-            body, effects = change(vm, now, op_id)
-        except DomainError:
-            if vm.drain_changes() is not None:  # a rule broke after a change began: reload
-                broker.forget(vm_id)
-            raise
-        changes = vm.drain_changes()
-        if changes is None:
-            return Outcome(status_code, body, vm.generation)
-        op = Operation(
-            id=op_id,
-            vm_id=vm.id,
-            kind=kind,
-            status=OperationStatus.PENDING,
-            request=request,
-            effects=[e.to_json() for e in effects],
-            generation=vm.generation,
-            created_at=now,
-            result=body,
-            response_status=status_code,
-            idempotency_key=meta.idempotency_key,
-            fingerprint=meta.fingerprint,
-        )
-        try:
-            with broker.uow() as uow:
-                uow.vms.apply(changes)
-                uow.journal.add(op)
-                uow.commit()
-        except BaseException:
-            broker.forget(vm_id)
-            raise
-        if changes.created:
-            broker.cache(vm)
-
-        try:
-            broker.execute(effects)
-        except BackendError as err:
-            applied: int = getattr(err, "applied", 0)
-            problem = backend_problem(err)
-            if applied == 0:
-                _undo(broker, op, changes, problem)
-                raise problem from err
-            broker.needs_replay.add(vm_id)
-            log.error("operation %s: backend failed after %d effect(s): %s", op.id, applied, err)
-            raise ReplayPending(
-                f"operation {op.id} is journalled but the backend failed after {applied} of "
-                f"{len(effects)} calls ({err}); it will be replayed",
-                operation_id=op.id,
-            ) from err
-        except BaseException:
-            broker.needs_replay.add(vm_id)
-            raise
-
-        with broker.uow() as uow:
-            uow.journal.finish(op.id, OperationStatus.APPLIED, result=body, error=None, response_status=status_code)
-            uow.commit()
-        if changes.deleted:
-            broker.forget(vm_id)
-        return Outcome(status_code, body, None if changes.deleted else vm.generation)
-
-
-def _undo(broker: Broker, op: Operation, changes: Changes, problem: DomainError) -> None:
-    error = {"code": problem.code, "detail": problem.detail, "errno": problem.errno}
-    with broker.uow() as uow:
-        uow.vms.apply(changes, undo=True)
-        uow.journal.finish(op.id, OperationStatus.FAILED, result=None, error=error, response_status=None)
-        uow.commit()
-    broker.forget(op.vm_id)
 
 
 def replay_pending(broker: Broker, vm_id: str | None = None) -> int:

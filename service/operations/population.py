@@ -10,10 +10,12 @@ from ..domain.errors import BatchTooLarge, InvalidLength, UnsupportedAttribute
 from ..domain.model import Attribute, Range, Vm
 from ..domain.units import to_pages
 from .broker import Broker
-from .journal import Outcome, RequestMeta, mutate
+from .journal import RequestMeta
+from .lane import Job
+from .mutation import plan
 
 
-def allocate(broker: Broker, vm_id: str, memfd_id: str, *, offset: int, length: int, meta: RequestMeta) -> Outcome:
+def allocate(broker: Broker, vm_id: str, memfd_id: str, *, offset: int, length: int, meta: RequestMeta) -> Job:
     pgoff, pgoff_end = to_pages(offset, length, what="allocate")
 
     def change(vm: Vm, now: datetime, op_id: str) -> tuple[dict[str, Any], list[fx.Effect]]:
@@ -21,12 +23,12 @@ def allocate(broker: Broker, vm_id: str, memfd_id: str, *, offset: int, length: 
         return {"operation_id": op_id, "generation": vm.generation, "pages_allocated": added}, effects
 
     request = {"memfd_id": memfd_id, "offset": offset, "length": length}
-    return mutate(broker, vm_id, "allocate", request, meta, change)
+    return plan(vm_id, "allocate", request, meta, change)
 
 
 def punch_hole(
     broker: Broker, vm_id: str, memfd_id: str, *, offset: int, length: int, allow_private: bool, meta: RequestMeta
-) -> Outcome:
+) -> Job:
     pgoff, pgoff_end = to_pages(offset, length, what="punch-hole")
 
     def change(vm: Vm, now: datetime, op_id: str) -> tuple[dict[str, Any], list[fx.Effect]]:
@@ -34,20 +36,20 @@ def punch_hole(
         return {"operation_id": op_id, "generation": vm.generation, "pages_freed": freed}, effects
 
     request = {"memfd_id": memfd_id, "offset": offset, "length": length, "allow_private": allow_private}
-    return mutate(broker, vm_id, "punch-hole", request, meta, change)
+    return plan(vm_id, "punch-hole", request, meta, change)
 
 
-def populate_shared(broker: Broker, vm_id: str, *, gpa: int, size: int, meta: RequestMeta) -> Outcome:
+def populate_shared(broker: Broker, vm_id: str, *, gpa: int, size: int, meta: RequestMeta) -> Job:
     gfn, gfn_end = to_pages(gpa, size, what="populate-shared")
 
     def change(vm: Vm, now: datetime, op_id: str) -> tuple[dict[str, Any], list[fx.Effect]]:
         added, effects = vm.populate_shared(gfn, gfn_end, now)
         return {"operation_id": op_id, "generation": vm.generation, "pages_allocated": added}, effects
 
-    return mutate(broker, vm_id, "populate-shared", {"gpa": gpa, "size": size}, meta, change)
+    return plan(vm_id, "populate-shared", {"gpa": gpa, "size": size}, meta, change)
 
 
-def convert(broker: Broker, vm_id: str, *, ranges: list[dict[str, Any]], meta: RequestMeta) -> Outcome:
+def convert(broker: Broker, vm_id: str, *, ranges: list[dict[str, Any]], meta: RequestMeta) -> Job:
     if not ranges:
         raise InvalidLength("a convert batch needs at least one range")
     if len(ranges) > broker.max_batch:
@@ -73,4 +75,4 @@ def convert(broker: Broker, vm_id: str, *, ranges: list[dict[str, Any]], meta: R
             "shared_pages_freed": outcome.shared_pages_freed,
         }, effects
 
-    return mutate(broker, vm_id, "convert", {"ranges": ranges}, meta, change)
+    return plan(vm_id, "convert", {"ranges": ranges}, meta, change)

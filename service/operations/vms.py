@@ -9,7 +9,9 @@ from ..domain import effects as fx
 from ..domain.errors import NameTaken, UnsupportedVmType
 from ..domain.model import Vm, VmState, VmType
 from .broker import Broker, new_id
-from .journal import Outcome, RequestMeta, mutate, stored_replay
+from .journal import Outcome, RequestMeta, stored_replay
+from .lane import Job
+from .mutation import plan, run
 from .views import vm_view
 
 
@@ -37,21 +39,21 @@ def create_vm(broker: Broker, *, name: str | None, vm_type: str, meta: RequestMe
             return vm_view(vm), effects
 
         request = {"name": name, "vm_type": vm_type}
-        return mutate(broker, vm_id, "create-vm", request, meta, change, status_code=201, new_vm=vm)
+        return run(broker, plan(vm_id, "create-vm", request, meta, change, status_code=201, new_vm=vm))
 
 
-def set_vm_state(broker: Broker, vm_id: str, *, state: str, meta: RequestMeta) -> Outcome:
+def set_vm_state(broker: Broker, vm_id: str, *, state: str, meta: RequestMeta) -> Job:
     def change(vm: Vm, now: datetime, op_id: str) -> tuple[dict[str, Any], list[fx.Effect]]:
         vm.set_state(VmState(state), now)
         return vm_view(vm), []
 
-    return mutate(broker, vm_id, "set-state", {"state": state}, meta, change)
+    return plan(vm_id, "set-state", {"state": state}, meta, change)
 
 
-def delete_vm(broker: Broker, vm_id: str, *, force: bool, meta: RequestMeta) -> Outcome:
+def delete_vm(broker: Broker, vm_id: str, *, force: bool, meta: RequestMeta) -> Job:
     def change(vm: Vm, now: datetime, op_id: str) -> tuple[dict[str, Any], list[fx.Effect]]:
         released = {"memslots": sorted(vm.memslots), "memfds": sorted(vm.memfds)}
         effects = vm.delete(force=force, now=now)
         return {"operation_id": op_id, "generation": vm.generation, "released": released}, effects
 
-    return mutate(broker, vm_id, "delete-vm", {"force": force}, meta, change)
+    return plan(vm_id, "delete-vm", {"force": force}, meta, change)

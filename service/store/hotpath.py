@@ -48,6 +48,15 @@ class HotSql:
         marks = ", ".join([p] * n)
         return f"DELETE FROM extents WHERE vm_id = {p} AND map = {p} AND owner = {p} AND start IN ({marks})"
 
+    def mark_applied(self, n: int) -> str:
+        p = self._p
+        marks = ", ".join([p] * n)
+        return f"UPDATE operations SET status = 'applied', finished_at = {p} WHERE id IN ({marks})"
+
+    def discard_ops(self, n: int) -> str:
+        marks = ", ".join([self._p] * n)
+        return f"DELETE FROM operations WHERE id IN ({marks}) AND status = 'pending'"
+
     def dt(self, value: Any) -> Any:
         return None if value is None else self._dt(value)
 

@@ -244,6 +244,18 @@ class SqlJournal:
         params = (status.value, sql.js(result), sql.js(error), response_status, sql.dt(datetime.now(UTC)), op_id)
         execute(self._conn, sql.finish_op, params).close()
 
+    def mark_applied(self, op_ids: list[str]) -> None:
+        """Mark a group's operations applied; their result was written with them."""
+        sql = hot(self._conn)
+        for chunk in _chunks(op_ids):
+            execute(self._conn, sql.mark_applied(len(chunk)), (sql.dt(datetime.now(UTC)), *chunk)).close()
+
+    def discard(self, op_ids: list[str]) -> None:
+        """Delete operations never applied nor answered (the rest of a group after a backend refusal)."""
+        sql = hot(self._conn)
+        for chunk in _chunks(op_ids):
+            execute(self._conn, sql.discard_ops(len(chunk)), tuple(chunk)).close()
+
     def by_key(self, key: str) -> Operation | None:
         row = self._conn.execute(select(OperationRow).where(OperationRow.idempotency_key == key)).first()
         return _to_operation(row) if row is not None else None

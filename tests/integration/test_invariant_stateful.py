@@ -39,10 +39,11 @@ from service.domain.errors import (
 )
 from service.domain.units import PAGE_SIZE
 from service.operations import memfds as memfd_ops
-from service.operations import population, queries
+from service.operations import mutation, population, queries
 from service.operations import vms as vm_ops
 from service.operations.broker import Broker
 from service.operations.journal import Outcome, RequestMeta
+from service.operations.lane import Job
 from service.operations.recovery import reconcile
 from service.store.db import make_engine
 from service.store.migrate import upgrade
@@ -338,12 +339,12 @@ class BrokerMachine(RuleBasedStateMachine):
             },
         }
 
-    def attempt(self, predicted: Error | None, call: Callable[[], Outcome]) -> Outcome | None:
-        """Run ``call``: a refusal must be the predicted one and change nothing; else it must succeed."""
+    def attempt(self, predicted: Error | None, call: Callable[[], Job]) -> Outcome | None:
+        """Plan and run ``call``: a refusal must be the predicted one and change nothing; else it must succeed."""
         before = self.observe()
         refusal: DomainError | None = None
         try:
-            outcome = call()
+            outcome = mutation.run(self.broker, call())
         except DomainError as err:
             refusal = err
         if refusal is not None:
@@ -439,7 +440,10 @@ class BrokerMachine(RuleBasedStateMachine):
         assert self.model.generation == 1
         for f in flags:
             f = [x for x in f if x != "init_shared"] if has_private else f
-            out = memfd_ops.create_memfd(self.broker, self.vm_id, size=MEMFD_PAGES * PAGE_SIZE, flags=f, meta=META)
+            out = mutation.run(
+                self.broker,
+                memfd_ops.create_memfd(self.broker, self.vm_id, size=MEMFD_PAGES * PAGE_SIZE, flags=f, meta=META),
+            )
             self.bumped(out)
             mid = out.body["id"]
             self.memfds.append(mid)

@@ -8,8 +8,9 @@ from fastapi import APIRouter, Query
 from fastapi.responses import JSONResponse
 
 from ...operations import memfds, population, queries
+from ...operations.mutation import submit
 from .. import schemas
-from ..deps import BrokerDep, MetaDep, respond, with_etag
+from ..deps import BrokerDep, MutatingDep, respond, with_etag
 from ..problems import responses
 
 router = APIRouter(prefix="/v1/vms/{vm_id}/memfds", tags=["memfds"])
@@ -30,8 +31,10 @@ router = APIRouter(prefix="/v1/vms/{vm_id}/memfds", tags=["memfds"])
         "insufficient-memory",
     ),
 )
-def create_memfd(vm_id: str, body: schemas.MemfdCreate, broker: BrokerDep, meta: MetaDep) -> JSONResponse:
-    return respond(memfds.create_memfd(broker, vm_id, size=body.size, flags=body.flags, meta=meta))
+async def create_memfd(vm_id: str, body: schemas.MemfdCreate, m: MutatingDep) -> JSONResponse:
+    return respond(
+        await submit(m.broker, memfds.create_memfd(m.broker, vm_id, size=body.size, flags=body.flags, meta=m.meta))
+    )
 
 
 @router.get("", response_model=schemas.MemfdList, summary="List a VM's memfds", responses=responses("not-found"))
@@ -50,8 +53,8 @@ def get_memfd(vm_id: str, memfd_id: str, broker: BrokerDep) -> JSONResponse:
     summary="Close and delete a memfd",
     responses=responses("not-found", "in-use", "precondition-failed"),
 )
-def delete_memfd(vm_id: str, memfd_id: str, broker: BrokerDep, meta: MetaDep) -> JSONResponse:
-    return respond(memfds.delete_memfd(broker, vm_id, memfd_id, meta=meta))
+async def delete_memfd(vm_id: str, memfd_id: str, m: MutatingDep) -> JSONResponse:
+    return respond(await submit(m.broker, memfds.delete_memfd(m.broker, vm_id, memfd_id, meta=m.meta)))
 
 
 @router.post(
@@ -71,8 +74,13 @@ def delete_memfd(vm_id: str, memfd_id: str, broker: BrokerDep, meta: MetaDep) ->
         "idempotency-key-reused",
     ),
 )
-def allocate(vm_id: str, memfd_id: str, body: schemas.ByteRange, broker: BrokerDep, meta: MetaDep) -> JSONResponse:
-    return respond(population.allocate(broker, vm_id, memfd_id, offset=body.offset, length=body.length, meta=meta))
+async def allocate(vm_id: str, memfd_id: str, body: schemas.ByteRange, m: MutatingDep) -> JSONResponse:
+    return respond(
+        await submit(
+            m.broker,
+            population.allocate(m.broker, vm_id, memfd_id, offset=body.offset, length=body.length, meta=m.meta),
+        )
+    )
 
 
 @router.post(
@@ -91,10 +99,19 @@ def allocate(vm_id: str, memfd_id: str, body: schemas.ByteRange, broker: BrokerD
         "idempotency-key-reused",
     ),
 )
-def punch_hole(vm_id: str, memfd_id: str, body: schemas.PunchHole, broker: BrokerDep, meta: MetaDep) -> JSONResponse:
+async def punch_hole(vm_id: str, memfd_id: str, body: schemas.PunchHole, m: MutatingDep) -> JSONResponse:
     return respond(
-        population.punch_hole(
-            broker, vm_id, memfd_id, offset=body.offset, length=body.length, allow_private=body.allow_private, meta=meta
+        await submit(
+            m.broker,
+            population.punch_hole(
+                m.broker,
+                vm_id,
+                memfd_id,
+                offset=body.offset,
+                length=body.length,
+                allow_private=body.allow_private,
+                meta=m.meta,
+            ),
         )
     )
 

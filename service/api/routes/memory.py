@@ -8,8 +8,9 @@ from fastapi import APIRouter, Query
 from fastapi.responses import JSONResponse
 
 from ...operations import population, queries
+from ...operations.mutation import submit
 from .. import schemas
-from ..deps import BrokerDep, MetaDep, respond, with_etag
+from ..deps import BrokerDep, MutatingDep, respond, with_etag
 from ..problems import responses
 
 router = APIRouter(prefix="/v1/vms/{vm_id}", tags=["memory"])
@@ -33,9 +34,9 @@ router = APIRouter(prefix="/v1/vms/{vm_id}", tags=["memory"])
         "idempotency-key-reused",
     ),
 )
-def convert(vm_id: str, body: schemas.Convert, broker: BrokerDep, meta: MetaDep) -> JSONResponse:
+async def convert(vm_id: str, body: schemas.Convert, m: MutatingDep) -> JSONResponse:
     ranges = [{"gpa": r.gpa, "size": r.size, "to": r.to.value} for r in body.ranges]
-    return respond(population.convert(broker, vm_id, ranges=ranges, meta=meta))
+    return respond(await submit(m.broker, population.convert(m.broker, vm_id, ranges=ranges, meta=m.meta)))
 
 
 @router.post(
@@ -56,8 +57,10 @@ def convert(vm_id: str, body: schemas.Convert, broker: BrokerDep, meta: MetaDep)
         "idempotency-key-reused",
     ),
 )
-def populate_shared(vm_id: str, body: schemas.GpaRange, broker: BrokerDep, meta: MetaDep) -> JSONResponse:
-    return respond(population.populate_shared(broker, vm_id, gpa=body.gpa, size=body.size, meta=meta))
+async def populate_shared(vm_id: str, body: schemas.GpaRange, m: MutatingDep) -> JSONResponse:
+    return respond(
+        await submit(m.broker, population.populate_shared(m.broker, vm_id, gpa=body.gpa, size=body.size, meta=m.meta))
+    )
 
 
 @router.get(

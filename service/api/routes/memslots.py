@@ -6,8 +6,9 @@ from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 
 from ...operations import memfds, queries
+from ...operations.mutation import submit
 from .. import schemas
-from ..deps import BrokerDep, MetaDep, respond
+from ..deps import BrokerDep, MutatingDep, respond
 from ..problems import responses
 
 router = APIRouter(prefix="/v1/vms/{vm_id}/memslots", tags=["memslots"])
@@ -32,17 +33,20 @@ router = APIRouter(prefix="/v1/vms/{vm_id}/memslots", tags=["memslots"])
         "idempotency-key-reused",
     ),
 )
-def create_memslot(vm_id: str, body: schemas.MemslotCreate, broker: BrokerDep, meta: MetaDep) -> JSONResponse:
+async def create_memslot(vm_id: str, body: schemas.MemslotCreate, m: MutatingDep) -> JSONResponse:
     return respond(
-        memfds.create_memslot(
-            broker,
-            vm_id,
-            slot=body.slot,
-            gpa=body.gpa,
-            size=body.size,
-            memfd_id=body.memfd_id,
-            offset=body.offset,
-            meta=meta,
+        await submit(
+            m.broker,
+            memfds.create_memslot(
+                m.broker,
+                vm_id,
+                slot=body.slot,
+                gpa=body.gpa,
+                size=body.size,
+                memfd_id=body.memfd_id,
+                offset=body.offset,
+                meta=m.meta,
+            ),
         )
     )
 
@@ -59,5 +63,5 @@ def list_memslots(vm_id: str, broker: BrokerDep) -> JSONResponse:
     description="Removes the binding and discards its shared backing; the memfd keeps its pages.",
     responses=responses("not-found", "precondition-failed"),
 )
-def delete_memslot(vm_id: str, slot: int, broker: BrokerDep, meta: MetaDep) -> JSONResponse:
-    return respond(memfds.delete_memslot(broker, vm_id, slot, meta=meta))
+async def delete_memslot(vm_id: str, slot: int, m: MutatingDep) -> JSONResponse:
+    return respond(await submit(m.broker, memfds.delete_memslot(m.broker, vm_id, slot, meta=m.meta)))

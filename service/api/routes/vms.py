@@ -8,8 +8,9 @@ from fastapi import APIRouter, Query
 from fastapi.responses import JSONResponse
 
 from ...operations import queries, vms
+from ...operations.mutation import submit
 from .. import schemas
-from ..deps import BrokerDep, MetaDep, respond, with_etag
+from ..deps import BrokerDep, MutatingDep, respond, with_etag
 from ..problems import responses
 
 router = APIRouter(prefix="/v1/vms", tags=["vms"])
@@ -22,8 +23,8 @@ router = APIRouter(prefix="/v1/vms", tags=["vms"])
     summary="Create a VM",
     responses=responses("unsupported-vm-type", "name-taken", "idempotency-key-reused"),
 )
-def create_vm(body: schemas.VmCreate, broker: BrokerDep, meta: MetaDep) -> JSONResponse:
-    return respond(vms.create_vm(broker, name=body.name, vm_type=body.vm_type, meta=meta))
+def create_vm(body: schemas.VmCreate, m: MutatingDep) -> JSONResponse:
+    return respond(vms.create_vm(m.broker, name=body.name, vm_type=body.vm_type, meta=m.meta))
 
 
 @router.get("", response_model=schemas.VmList, summary="List VMs", responses=responses())
@@ -43,8 +44,8 @@ def get_vm(vm_id: str, broker: BrokerDep) -> JSONResponse:
     summary="Change a VM's state",
     responses=responses("not-found", "invalid-transition", "precondition-failed"),
 )
-def patch_vm(vm_id: str, body: schemas.VmPatch, broker: BrokerDep, meta: MetaDep) -> JSONResponse:
-    return respond(vms.set_vm_state(broker, vm_id, state=body.state.value, meta=meta))
+async def patch_vm(vm_id: str, body: schemas.VmPatch, m: MutatingDep) -> JSONResponse:
+    return respond(await submit(m.broker, vms.set_vm_state(m.broker, vm_id, state=body.state.value, meta=m.meta)))
 
 
 @router.delete(
@@ -55,10 +56,9 @@ def patch_vm(vm_id: str, body: schemas.VmPatch, broker: BrokerDep, meta: MetaDep
     "which releases memslots, then memfds, then the VM, as one journalled operation.",
     responses=responses("not-found", "in-use", "precondition-failed"),
 )
-def delete_vm(
+async def delete_vm(
     vm_id: str,
-    broker: BrokerDep,
-    meta: MetaDep,
+    m: MutatingDep,
     force: Annotated[bool, Query(description="release memslots and memfds first")] = False,
 ) -> JSONResponse:
-    return respond(vms.delete_vm(broker, vm_id, force=force, meta=meta))
+    return respond(await submit(m.broker, vms.delete_vm(m.broker, vm_id, force=force, meta=m.meta)))
