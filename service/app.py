@@ -11,11 +11,14 @@ from sqlalchemy import Engine
 
 from . import __version__
 from .api import problems
+from .api.deps import Handoff
 from .api.middleware import RequestIdMiddleware
 from .api.routes import memfds, memory, memslots, system, vms
 from .backends.factory import make_backend
 from .backends.protocol import MemoryBackend
+from .handoff_server import HandoffServer
 from .operations.broker import Broker
+from .operations.handoff import Tickets
 from .operations.recovery import recover
 from .settings import Settings
 from .store.db import make_engine
@@ -48,6 +51,7 @@ def create_app(
     engine = engine or make_engine(settings.database_url, pool_size=settings.db_pool_size)
     backend = backend or make_backend(settings)
     broker = Broker(uow=lambda: SqlUnitOfWork(engine), backend=backend, max_batch=settings.max_batch)
+    handoff = Handoff(Tickets(settings.handoff_ticket_seconds), settings.handoff_socket)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -55,7 +59,14 @@ def create_app(
         if not status.ok:
             raise SchemaMismatch(status.problem())
         recover(broker)
+        # Only a backend with real fds has something to hand off (the sim answers export with 501).
+        listener = None
+        if backend.host_info().details.get("fd_handoff"):
+            listener = HandoffServer(broker, handoff.tickets, handoff.path)
+            listener.start()
         yield
+        if listener is not None:
+            listener.stop()
         backend.close()
 
     app = FastAPI(
@@ -69,6 +80,7 @@ def create_app(
     app.state.settings = settings
     app.state.engine = engine
     app.state.broker = broker
+    app.state.handoff = handoff
     for module in (vms, memfds, memslots, memory, system):
         app.include_router(module.router)
     problems.install(app)

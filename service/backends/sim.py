@@ -26,6 +26,8 @@ class _Memfd:
     flags: tuple[str, ...]
     # pgoff -> NUMA node holding the page
     pages: ExtentMap[int] = field(default_factory=ExtentMap)
+    # Contents of pages written through a mapping; a page not here reads as zeros.
+    contents: dict[int, bytes] = field(default_factory=dict)
 
 
 @dataclass(slots=True)
@@ -210,6 +212,8 @@ class SimBackend:
                 raise BackendError("EINVAL", "length must be > 0")
             # Like the kernel, a punch past the end of the file is accepted and clipped.
             self._free(memfd.pages, pgoff, min(pgoff + npages, memfd.npages))
+            for page in [p for p in memfd.contents if pgoff <= p < pgoff + npages]:
+                del memfd.contents[page]
 
     def set_attributes(self, vm_id: str, gfn: int, npages: int, attribute: str) -> None:
         with self._lock:
@@ -228,13 +232,41 @@ class SimBackend:
             self._maybe_fail("discard_shared")
             self._free(self._vm(vm_id).shared, gfn, gfn + npages)
 
+    # -- contents --------------------------------------------------------------------------------
+
+    def _mapped(self, vm_id: str, memfd_id: str, pgoff: int) -> _Memfd:
+        memfd = self._memfd(vm_id, memfd_id)
+        if "mmap" not in memfd.flags:
+            raise BackendError("ENODEV", f"memfd {memfd_id!r} was not created with the mmap flag")
+        if not 0 <= pgoff < memfd.npages:
+            raise BackendError("EINVAL", f"page {pgoff} is outside memfd {memfd_id!r}")
+        return memfd
+
+    def read_page(self, vm_id: str, memfd_id: str, pgoff: int) -> bytes:
+        with self._lock:
+            return self._mapped(vm_id, memfd_id, pgoff).contents.get(pgoff, bytes(PAGE_SIZE))
+
+    def write_page(self, vm_id: str, memfd_id: str, pgoff: int, data: bytes) -> None:
+        with self._lock:
+            memfd = self._mapped(vm_id, memfd_id, pgoff)
+            if len(data) != PAGE_SIZE:
+                raise BackendError("EINVAL", f"a page is {PAGE_SIZE} bytes, not {len(data)}")
+            # A write through a mapping faults the page in, as it does on a real guest_memfd.
+            self._populate(memfd.pages, pgoff, pgoff + 1)
+            memfd.contents[pgoff] = bytes(data)
+
+    def memfd_fd(self, vm_id: str, memfd_id: str) -> int:
+        raise BackendError("EOPNOTSUPP", "the sim backend models memfds and holds no fds to hand off")
+
     # -- recovery --------------------------------------------------------------------------------
 
     def inventory(self) -> dict[str, VmInventory]:
         with self._lock:
             return {
                 vm_id: VmInventory(
-                    memfds={mid: [(e.start, e.end) for e in _coalesced(m.pages)] for mid, m in vm.memfds.items()},
+                    memfds={
+                        mid: [(e.start, e.end) for e in _coalesced(m.pages)] for mid, m in vm.memfds.items()
+                    },
                     memslots=set(vm.slots),
                 )
                 for vm_id, vm in self._vms.items()

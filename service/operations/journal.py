@@ -118,6 +118,7 @@ def mutate(
     *,
     status_code: int = 200,
     new_vm: Vm | None = None,
+    allowed_when_lost: bool = False,
 ) -> Outcome:
     """Run one mutation of one VM under its lock; ``new_vm`` when the mutation creates it."""
     with broker.locked(vm_id):
@@ -127,6 +128,8 @@ def mutate(
         if vm_id in broker.needs_replay:
             replay_pending(broker, vm_id)
         vm = new_vm if new_vm is not None else broker.vm(vm_id)
+        if not allowed_when_lost:
+            vm.require_not_lost()
         check_if_match(vm, meta.if_match)
         now = broker.clock()
         op_id = new_id("op")

@@ -1,0 +1,123 @@
+"""fd hand-off: single-use, expiring tickets that let a VMM fetch a memfd's fd over a Unix socket.
+
+The REST API issues a ticket; the socket listener redeems it and sends the fd with SCM_RIGHTS.
+Tickets live in memory only: the fds they name die with the process anyway.
+"""
+
+from __future__ import annotations
+
+import secrets
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+from ..backends.protocol import BackendError
+from ..domain.errors import DomainError
+from .broker import Broker
+from .journal import backend_problem
+
+
+class TicketRefused(DomainError):
+    """A ticket that is unknown, already used, or expired; ``code`` says which."""
+
+    code = "ticket-unknown"
+
+    def __init__(self, code: str, detail: str) -> None:
+        super().__init__(detail)
+        self.code = code
+
+
+@dataclass(frozen=True, slots=True)
+class Ticket:
+    vm_id: str
+    memfd_id: str
+    expires: float
+
+
+@dataclass(frozen=True, slots=True)
+class HandedOff:
+    """What the listener sends along with the fd."""
+
+    fd: int
+    size: int
+    flags: list[str]
+
+
+class Tickets:
+    """Issued tickets by value; a redeemed or expired one is remembered to say why it is refused."""
+
+    def __init__(self, ttl_seconds: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self.ttl_seconds = ttl_seconds
+        self._clock = clock
+        self._live: dict[str, Ticket] = {}
+        self._spent: dict[str, float] = {}
+        self._lock = threading.Lock()
+
+    def issue(self, vm_id: str, memfd_id: str) -> str:
+        value = secrets.token_urlsafe(32)
+        ticket = Ticket(vm_id, memfd_id, self._clock() + self.ttl_seconds)
+        with self._lock:
+            self._forget_old()
+            self._live[value] = ticket
+        return value
+
+    def redeem(self, value: str) -> Ticket:
+        with self._lock:
+            now = self._clock()
+            ticket = self._live.pop(value, None)
+            if ticket is None:
+                if value in self._spent:
+                    raise TicketRefused("ticket-used", "this ticket was already redeemed or has expired")
+                raise TicketRefused("ticket-unknown", "this ticket was not issued by this broker")
+            self._spent[value] = now
+            if now >= ticket.expires:
+                raise TicketRefused("ticket-expired", f"the ticket expired {now - ticket.expires:.1f} s ago")
+            return ticket
+
+    def _forget_old(self) -> None:
+        now = self._clock()
+        for value in [v for v, t in self._live.items() if t.expires <= now]:
+            self._spent[value] = now
+            del self._live[value]
+        # A spent ticket is remembered for one more lifetime, to tell "used" from "unknown".
+        for value in [v for v, at in self._spent.items() if at + self.ttl_seconds < now]:
+            del self._spent[value]
+
+
+def export_memfd(broker: Broker, tickets: Tickets, vm_id: str, memfd_id: str, socket_path: str) -> dict[str, Any]:
+    with broker.locked(vm_id):
+        vm = broker.vm(vm_id)
+        vm.require_not_lost()
+        memfd = vm.memfd(memfd_id)
+        try:
+            broker.backend.memfd_fd(vm_id, memfd_id)
+        except BackendError as err:
+            raise backend_problem(err) from err
+        value = tickets.issue(vm_id, memfd_id)
+    return {
+        "ticket": value,
+        "vm_id": vm_id,
+        "memfd_id": memfd_id,
+        "size": memfd.size,
+        "socket": socket_path,
+        "expires_at": (broker.clock() + timedelta(seconds=tickets.ttl_seconds)).isoformat(),
+    }
+
+
+@contextmanager
+def redeemed(broker: Broker, tickets: Tickets, value: str) -> Iterator[HandedOff]:
+    """The fd a ticket names, held under the VM's lock so it cannot be closed while it is sent."""
+    ticket = tickets.redeem(value)
+    with broker.locked(ticket.vm_id):
+        vm = broker.vm(ticket.vm_id)
+        vm.require_not_lost()
+        memfd = vm.memfd(ticket.memfd_id)
+        try:
+            fd = broker.backend.memfd_fd(ticket.vm_id, ticket.memfd_id)
+        except BackendError as err:
+            raise backend_problem(err) from err
+        yield HandedOff(fd, memfd.size, sorted(f.value for f in memfd.flags))
