@@ -179,11 +179,12 @@ def test_rule_5_no_attribute_ioctl_on_this_kernel(raw: RawVm) -> None:
 
 def test_rule_6_vm_ioctls_belong_to_the_creating_process(raw: RawVm) -> None:
     memfd = raw.memfd(MIB)
+    create = uapi.KvmCreateGuestMemfd(size=PAGE)
     read_end, write_end = os.pipe()
     pid = os.fork()
     if pid == 0:  # the child only makes two calls and reports their errnos
         try:
-            vm_call = errno_of(lambda: uapi.ioctl(raw.fd, uapi.KVM_CREATE_GUEST_MEMFD, uapi.KvmCreateGuestMemfd(size=PAGE), "x"))
+            vm_call = errno_of(lambda: uapi.ioctl(raw.fd, uapi.KVM_CREATE_GUEST_MEMFD, create, "gmem"))
             falloc = errno_of(lambda: uapi.fallocate(memfd, KEEP, 0, PAGE, "fallocate"))
             os.write(write_end, f"{vm_call} {falloc}".encode())
         finally:
