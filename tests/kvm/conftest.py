@@ -51,7 +51,7 @@ def broker_app(db_url: str, backend: MemoryBackend, socket_path: Path, **setting
     backend_name = "kvm" if isinstance(backend, KvmBackend) else "sim"
     config = Settings(
         database_url=db_url,
-        backend=backend_name,  # type: ignore[arg-type]
+        backend=backend_name,
         handoff_socket=str(socket_path),
         **settings,  # type: ignore[arg-type]
     )

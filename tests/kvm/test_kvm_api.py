@@ -6,6 +6,7 @@ import base64
 import hashlib
 import json
 import os
+import socket
 import stat
 import subprocess
 import sys
@@ -140,11 +141,16 @@ def test_an_expired_ticket_is_refused(kvm_client: httpx.Client, kvm_server: Runn
     clock = tickets._clock
     tickets._clock = lambda: clock() + tickets.ttl_seconds + 1
     try:
-        fds = len(os.listdir("/proc/self/fd"))
-        with pytest.raises(HandoffRefused) as refused:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+            sock.connect(ticket["socket"])
+            sock.sendall(f"REDEEM {ticket['ticket']}\n".encode())
+            message, fds, _, _ = socket.recv_fds(sock, 4096, 1)
+        assert fds == []
+        assert message.startswith(b"ERR ")
+        assert json.loads(message[4:])["code"] == "ticket-expired"
+        with pytest.raises(HandoffRefused) as refused:  # and once refused, it is spent
             fetch_memfd(ticket["socket"], ticket["ticket"])
-        assert refused.value.code == "ticket-expired"
-        assert len(os.listdir("/proc/self/fd")) == fds
+        assert refused.value.code == "ticket-used"
     finally:
         tickets._clock = clock
 
