@@ -16,9 +16,9 @@ from datetime import timedelta
 from typing import Any
 
 from ..backends.protocol import BackendError
-from ..domain.errors import DomainError
+from ..domain.errors import DomainError, IdempotencyKeyReused
 from .broker import Broker
-from .journal import backend_problem
+from .journal import Outcome, RequestMeta, backend_problem, check_if_match
 
 
 class TicketRefused(DomainError):
@@ -55,7 +55,25 @@ class Tickets:
         self._clock = clock
         self._live: dict[str, Ticket] = {}
         self._spent: dict[str, float] = {}
+        # Idempotency-Key -> (fingerprint, answer, expiry): a retried export gets the same ticket.
+        self._answers: dict[str, tuple[str | None, dict[str, Any], float]] = {}
         self._lock = threading.Lock()
+
+    def answered(self, meta: RequestMeta) -> dict[str, Any] | None:
+        if meta.idempotency_key is None:
+            return None
+        with self._lock:
+            stored = self._answers.get(meta.idempotency_key)
+        if stored is None or stored[2] <= self._clock():
+            return None
+        if stored[0] != meta.fingerprint:
+            raise IdempotencyKeyReused(f"Idempotency-Key {meta.idempotency_key!r} was used for a different request")
+        return stored[1]
+
+    def remember(self, meta: RequestMeta, answer: dict[str, Any]) -> None:
+        if meta.idempotency_key is not None:
+            with self._lock:
+                self._answers[meta.idempotency_key] = (meta.fingerprint, answer, self._clock() + self.ttl_seconds)
 
     def issue(self, vm_id: str, memfd_id: str) -> str:
         value = secrets.token_urlsafe(32)
@@ -86,26 +104,36 @@ class Tickets:
         # A spent ticket is remembered for one more lifetime, to tell "used" from "unknown".
         for value in [v for v, at in self._spent.items() if at + self.ttl_seconds < now]:
             del self._spent[value]
+        for key in [k for k, (_, _, expires) in self._answers.items() if expires <= now]:
+            del self._answers[key]
 
 
-def export_memfd(broker: Broker, tickets: Tickets, vm_id: str, memfd_id: str, socket_path: str) -> dict[str, Any]:
+def export_memfd(
+    broker: Broker, tickets: Tickets, vm_id: str, memfd_id: str, socket_path: str, meta: RequestMeta
+) -> Outcome:
+    """Issue a ticket for a memfd's fd; not journalled: it changes no state, and dies with the process."""
     with broker.locked(vm_id):
         vm = broker.vm(vm_id)
+        answered = tickets.answered(meta)
+        if answered is not None:
+            return Outcome(201, answered, vm.generation, replayed=True)
         vm.require_not_lost()
+        check_if_match(vm, meta.if_match)
         memfd = vm.memfd(memfd_id)
         try:
             broker.backend.memfd_fd(vm_id, memfd_id)
         except BackendError as err:
             raise backend_problem(err) from err
-        value = tickets.issue(vm_id, memfd_id)
-    return {
-        "ticket": value,
-        "vm_id": vm_id,
-        "memfd_id": memfd_id,
-        "size": memfd.size,
-        "socket": socket_path,
-        "expires_at": (broker.clock() + timedelta(seconds=tickets.ttl_seconds)).isoformat(),
-    }
+        answer = {
+            "ticket": tickets.issue(vm_id, memfd_id),
+            "vm_id": vm_id,
+            "memfd_id": memfd_id,
+            "size": memfd.size,
+            "socket": socket_path,
+            "expires_at": (broker.clock() + timedelta(seconds=tickets.ttl_seconds)).isoformat(),
+        }
+        tickets.remember(meta, answer)
+        return Outcome(201, answer, vm.generation)
 
 
 @contextmanager

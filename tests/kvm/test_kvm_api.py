@@ -200,3 +200,16 @@ def test_after_a_restart_kvm_vms_are_lost_until_deleted(tmp_path: Path) -> None:
         assert ok(c.get("/v1/host"))["vms"]["lost"] == 0
         kinds = [op["kind"] for op in ok(c.get(f"{v}/operations"))["items"]]
         assert kinds[-2:] == ["mark-lost", "delete-vm"]
+
+
+def test_export_honours_idempotency_key_and_if_match(kvm_client: httpx.Client) -> None:
+    vm = create_vm(kvm_client, "default")
+    memfd = create_memfd(kvm_client, vm["id"], MIB)
+    path = f"/v1/vms/{vm['id']}/memfds/{memfd['id']}/export"
+    first = kvm_client.post(path, headers={"Idempotency-Key": f"export-{vm['id']}"})
+    again = kvm_client.post(path, headers={"Idempotency-Key": f"export-{vm['id']}"})
+    assert ok(again, 201)["ticket"] == ok(first, 201)["ticket"]
+    assert again.headers["Idempotent-Replayed"] == "true"
+    assert ok(kvm_client.post(path), 201)["ticket"] != first.json()["ticket"]
+    problem(kvm_client.post(path, headers={"If-Match": '"999"'}), 412, "precondition-failed")
+    assert ok(kvm_client.post(path, headers={"If-Match": first.headers["ETag"]}), 201)["ticket"]

@@ -142,8 +142,9 @@ def read_page(
     description="The ticket is single use and expires after 60 s. Present it on the Unix socket named in the "
     "answer (`REDEEM <ticket>`; `service.client.handoff.fetch_memfd` does it): the fd comes back by SCM_RIGHTS, "
     "good for fallocate and mmap.",
-    responses=responses("not-found", "vm-lost", "not-supported-by-kernel"),
+    responses=responses(
+        "not-found", "vm-lost", "not-supported-by-kernel", "precondition-failed", "idempotency-key-reused"
+    ),
 )
-def export_memfd(vm_id: str, memfd_id: str, broker: BrokerDep, hand_off: HandoffDep) -> JSONResponse:
-    body = handoff.export_memfd(broker, hand_off.tickets, vm_id, memfd_id, hand_off.path)
-    return JSONResponse(body, status_code=201)
+def export_memfd(vm_id: str, memfd_id: str, broker: BrokerDep, hand_off: HandoffDep, meta: MetaDep) -> JSONResponse:
+    return respond(handoff.export_memfd(broker, hand_off.tickets, vm_id, memfd_id, hand_off.path, meta))
