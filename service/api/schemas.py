@@ -238,6 +238,7 @@ class Host(BaseModel):
     enforcement: dict[str, str]
     numa_nodes: list[NumaNodeView]
     budget: dict[str, int]
+    max_gpa: int = Field(..., description="end (exclusive) of the guest physical address space a memslot may reach")
     kernel: dict[str, Any] = Field(..., description="what the backend says about the kernel (release, device)")
     vms: dict[str, int] = Field(..., description="total, pending_replay, lost")
     reconcile: list[str]

@@ -39,6 +39,8 @@ class HostInfo:
     # feature -> "kernel" | "broker" | "model": who enforces it on this host.
     enforcement: dict[str, str]
     details: dict[str, Any] = field(default_factory=dict)
+    # End (exclusive) of the guest physical address space a memslot may reach.
+    max_gpa: int = 1 << 64
 
 
 @dataclass(slots=True)

@@ -17,6 +17,8 @@ from ..domain.units import PAGE_SIZE
 from .protocol import BackendError, HostInfo, NumaNode, VmInventory
 
 VM_TYPES = ("default", "sw_protected", "sev_snp", "tdx")
+# x86 KVM with two-dimensional paging maps guest physical addresses up to 52 bits.
+MAX_GPA = 1 << 52
 MEMFD_FLAGS = ("mmap", "init_shared")
 
 
@@ -90,6 +92,7 @@ class SimBackend:
                 "private_in_use": "broker",
                 "punch_out_of_range": "broker",
             },
+            max_gpa=MAX_GPA,
         )
 
     def _vm(self, vm_id: str) -> _Vm:
@@ -156,8 +159,8 @@ class SimBackend:
                 if have == want:
                     return
                 raise BackendError("EINVAL", f"memslot {slot} exists and a guest_memfd memslot is immutable")
-            if npages <= 0 or pgoff + npages > memfd.npages:
-                raise BackendError("EINVAL", "memfd range outside the file")
+            if npages <= 0 or pgoff + npages > memfd.npages or (gfn + npages) * PAGE_SIZE > MAX_GPA:
+                raise BackendError("EINVAL", "memfd range outside the file, or gpa past the guest's address space")
             for other in vm.slots.values():
                 if other.gfn < gfn + npages and gfn < other.gfn + other.npages:
                     raise BackendError("EEXIST", "gpa range overlaps another memslot")
@@ -264,9 +267,7 @@ class SimBackend:
         with self._lock:
             return {
                 vm_id: VmInventory(
-                    memfds={
-                        mid: [(e.start, e.end) for e in _coalesced(m.pages)] for mid, m in vm.memfds.items()
-                    },
+                    memfds={mid: [(e.start, e.end) for e in _coalesced(m.pages)] for mid, m in vm.memfds.items()},
                     memslots=set(vm.slots),
                 )
                 for vm_id, vm in self._vms.items()

@@ -35,7 +35,7 @@ from .errors import (
     VmLost,
 )
 from .extents import Delta, Extent, ExtentMap, sweep
-from .units import MAX_FILE_BYTES, PAGE_SIZE, to_bytes
+from .units import GPA_LIMIT, MAX_FILE_BYTES, PAGE_SIZE, to_bytes
 
 
 class VmType(StrEnum):
@@ -387,15 +387,18 @@ class Vm:
     # -- memslots --------------------------------------------------------------------------------
 
     def create_memslot(
-        self, slot: int, gfn: int, gfn_end: int, memfd_id: str, pgoff: int, now: datetime
+        self, slot: int, gfn: int, gfn_end: int, memfd_id: str, pgoff: int, now: datetime, *, max_gpa: int = GPA_LIMIT
     ) -> tuple[Memslot, list[fx.Effect]]:
         npages = gfn_end - gfn
         if not 0 <= slot < MAX_MEMSLOTS:
             raise OutOfRange(f"memslot id {slot} must be in [0, {MAX_MEMSLOTS})", errno="EINVAL")
         if npages > MAX_MEMSLOT_PAGES:
             raise OutOfRange(f"a memslot holds at most {MAX_MEMSLOT_PAGES} pages", errno="EINVAL")
-        if to_bytes(gfn_end) > 1 << 64:
-            raise OutOfRange("gpa + size overflows the guest physical address space", errno="EINVAL")
+        if to_bytes(gfn_end) > max_gpa:
+            raise OutOfRange(
+                f"gpa + size {to_bytes(gfn_end):#x} is past the guest physical address space ({max_gpa:#x})",
+                errno="EINVAL",
+            )
         if slot in self.memslots:
             raise SlotInUse(f"memslot {slot} exists; a guest_memfd memslot cannot be changed", errno="EINVAL")
         memfd = self.memfds.get(memfd_id)

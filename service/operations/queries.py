@@ -143,6 +143,7 @@ def host(broker: Broker) -> dict[str, Any]:
     return {
         "backend": info.backend,
         "page_size": info.page_size,
+        "max_gpa": info.max_gpa,
         "vm_types": info.vm_types,
         "memfd_flags": info.memfd_flags,
         "capabilities": info.capabilities,

@@ -24,6 +24,7 @@ KERNEL_ERRNO: dict[str, str] = {
     "4 memslot gpa overlap": "EEXIST",
     "4 memslot memfd overlap": "EINVAL",
     "4 memslot foreign memfd": "EINVAL",
+    "4 memslot past the guest address space": "EINVAL",
     "5 set-attributes without the capability": "ENOTTY",
     "6 VM ioctl from another process": "EIO",
     "7 read of a memfd": "EINVAL",

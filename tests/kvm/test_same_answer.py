@@ -165,6 +165,14 @@ CASES = [
         "out-of-range",
         "4 memslot offset+size past the memfd",
     ),
+    Case(
+        "slot past the guest address space",
+        bound_guest,
+        slot(gpa=1 << 60),
+        422,
+        "out-of-range",
+        "4 memslot past the guest address space",
+    ),
     Case("slot gpa overlap", bound_guest, slot(gpa=BASE_GPA + PAGE), 409, "overlap", "4 memslot gpa overlap"),
     Case("slot memfd overlap", bound_guest, slot(offset=0), 409, "overlap", "4 memslot memfd overlap"),
     Case(

@@ -108,7 +108,38 @@ class KvmBackend:
                 "punch_out_of_range": "broker",
             },
             details={"release": os.uname().release, "device": self._device, "fd_handoff": True},
+            max_gpa=self._probe_max_gpa(),
         )
+
+    def _probe_max_gpa(self) -> int:
+        """The end of the guest physical address space, found by binding a scratch memslot.
+
+        x86 KVM has no capability for it (kvm_mmu_max_gfn depends on the host's paging), so ask
+        the kernel the one way it answers: the highest power of two a one-page memslot may end at.
+        """
+        vm = uapi.ioctl(self._kvm, uapi.KVM_CREATE_VM, 0, "KVM_CREATE_VM")
+        try:
+            args = uapi.KvmCreateGuestMemfd(size=PAGE_SIZE, flags=0)
+            memfd = uapi.ioctl(vm, uapi.KVM_CREATE_GUEST_MEMFD, args, "KVM_CREATE_GUEST_MEMFD")
+            try:
+                for bits in range(64, 32, -1):
+                    region = uapi.KvmUserspaceMemoryRegion2(
+                        slot=0,
+                        flags=uapi.KVM_MEM_GUEST_MEMFD,
+                        guest_phys_addr=(1 << bits) - PAGE_SIZE,
+                        memory_size=PAGE_SIZE,
+                        guest_memfd=memfd,
+                    )
+                    try:
+                        uapi.ioctl(vm, uapi.KVM_SET_USER_MEMORY_REGION2, region, "probe")
+                    except BackendError:
+                        continue
+                    return 1 << bits
+            finally:
+                os.close(memfd)
+        finally:
+            os.close(vm)
+        raise BackendError("EINVAL", "no guest physical address width accepted a memslot")
 
     def host_info(self) -> HostInfo:
         return self._host
