@@ -213,3 +213,26 @@ def test_export_honours_idempotency_key_and_if_match(kvm_client: httpx.Client) -
     assert ok(kvm_client.post(path), 201)["ticket"] != first.json()["ticket"]
     problem(kvm_client.post(path, headers={"If-Match": '"999"'}), 412, "precondition-failed")
     assert ok(kvm_client.post(path, headers={"If-Match": first.headers["ETag"]}), 201)["ticket"]
+
+
+def test_100_vms_created_and_deleted_through_the_api_leave_no_fd_open(kvm_client: httpx.Client) -> None:
+    ok(kvm_client.get("/v1/host"))  # the keep-alive connection is open before counting
+    before = len(os.listdir("/proc/self/fd"))
+    for _ in range(100):
+        vm = create_vm(kvm_client, "default")
+        memfd = create_memfd(kvm_client, vm["id"], MIB, ["init_shared", "mmap"])
+        create_memslot(kvm_client, vm["id"], memfd["id"], size=MIB)
+        ok(kvm_client.delete(f"/v1/vms/{vm['id']}", params={"force": "true"}))
+    assert len(os.listdir("/proc/self/fd")) == before
+
+
+def test_the_factory_opens_the_configured_device(tmp_path: Path) -> None:
+    from service.backends.factory import BackendUnavailable, make_backend
+    from service.settings import Settings
+
+    require_kvm()
+    backend = make_backend(Settings(backend="kvm"))
+    assert isinstance(backend, KvmBackend)
+    backend.close()
+    with pytest.raises(BackendUnavailable, match="ENOENT"):
+        make_backend(Settings(backend="kvm", kvm_device=str(tmp_path / "no-kvm")))
