@@ -52,6 +52,8 @@ class VmInventory:
 
     memfds: dict[str, list[tuple[int, int]] | None]
     memslots: set[int]
+    # Populated gfn runs of the shared backing.
+    shared: list[tuple[int, int]] = field(default_factory=list)
 
 
 class MemoryBackend(Protocol):

@@ -269,6 +269,7 @@ class SimBackend:
                 vm_id: VmInventory(
                     memfds={mid: [(e.start, e.end) for e in _coalesced(m.pages)] for mid, m in vm.memfds.items()},
                     memslots=set(vm.slots),
+                    shared=[(e.start, e.end) for e in _coalesced(vm.shared)],
                 )
                 for vm_id, vm in self._vms.items()
             }

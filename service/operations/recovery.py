@@ -58,6 +58,9 @@ def reconcile(broker: Broker, stored: list[Vm] | None = None) -> list[str]:
         if held is None:
             report.append(f"VM {vm.id}: in the database, not in the backend")
             continue
+        shared = [(e.start, e.end) for e in vm.shared]
+        if held.shared != shared:
+            report.append(f"VM {vm.id}: shared backing {shared} stored, {held.shared} in the backend")
         if held.memslots != set(vm.memslots):
             report.append(f"VM {vm.id}: memslots {sorted(vm.memslots)} stored, {sorted(held.memslots)} in the backend")
         for memfd in vm.memfds.values():

@@ -15,9 +15,11 @@ from typing import Any
 
 import httpx
 import pytest
+from sqlalchemy import create_engine, update
 
 from service.backends.kvm.backend import KvmBackend
 from service.client.handoff import HandoffRefused, fetch_memfd
+from service.store.models import OperationRow
 
 from ..api.helpers import BASE_GPA, MIB, PAGE, create_memfd, create_memslot, create_vm, ok, problem
 from ..conftest import RunningServer
@@ -177,6 +179,11 @@ def test_after_a_restart_kvm_vms_are_lost_until_deleted(tmp_path: Path) -> None:
         ok(c.post(f"/v1/vms/{vm['id']}/convert", json={"ranges": ranges}))
         ok(c.post(f"/v1/vms/{vm['id']}/memfds/{memfd['id']}/allocate", json={"offset": 0, "length": 4 * PAGE}))
         extents = ok(c.get(f"/v1/vms/{vm['id']}/extents"))["items"]
+    # As if the process died between the allocate's commit and its fallocate: it cannot be replayed.
+    engine = create_engine(url)
+    with engine.begin() as conn:
+        conn.execute(update(OperationRow).where(OperationRow.kind == "allocate").values(status="pending"))
+    engine.dispose()
     with RunningServer(broker_app(url, KvmBackend(), sock)) as second, httpx.Client(base_url=second.url) as c:
         v = f"/v1/vms/{vm['id']}"
         assert ok(c.get(v))["state"] == "lost"
@@ -195,6 +202,9 @@ def test_after_a_restart_kvm_vms_are_lost_until_deleted(tmp_path: Path) -> None:
         ]:
             problem(c.request(method, path, json=body), 409, "vm-lost")
         assert ok(c.get(f"{v}/extents"))["items"] == extents
+        abandoned = [op for op in ok(c.get(f"{v}/operations"))["items"] if op["kind"] == "allocate"]
+        assert [(op["status"], op["error"]["code"]) for op in abandoned] == [("failed", "vm-lost")]
+        assert ok(c.get("/v1/host"))["vms"]["pending_replay"] == 0
         ok(c.delete(v))
         problem(c.get(v), 404, "not-found")
         assert ok(c.get("/v1/host"))["vms"]["lost"] == 0
@@ -236,3 +246,21 @@ def test_the_factory_opens_the_configured_device(tmp_path: Path) -> None:
     backend.close()
     with pytest.raises(BackendUnavailable, match="ENOENT"):
         make_backend(Settings(backend="kvm", kvm_device=str(tmp_path / "no-kvm")))
+
+
+def test_the_shared_backing_the_kernel_holds_matches_the_broker(
+    kvm_client: httpx.Client, kvm_server: RunningServer
+) -> None:
+    from service.operations.recovery import reconcile
+
+    vm = create_vm(kvm_client, "default")
+    memfd = create_memfd(kvm_client, vm["id"], MIB)
+    create_memslot(kvm_client, vm["id"], memfd["id"], size=MIB)
+    v = f"/v1/vms/{vm['id']}"
+    ok(kvm_client.post(f"{v}/shared/populate", json={"gpa": BASE_GPA, "size": 64 * PAGE}))
+    ranges = [{"gpa": BASE_GPA + 16 * PAGE, "size": 8 * PAGE, "to": "private"}]
+    ok(kvm_client.post(f"{v}/convert", json={"ranges": ranges}))
+    gfn = BASE_GPA // PAGE
+    # Read back from the shared memfd with SEEK_DATA/SEEK_HOLE: the converted pages were discarded.
+    assert kvm_of(kvm_server).inventory()[vm["id"]].shared == [(gfn, gfn + 16), (gfn + 24, gfn + 64)]
+    assert reconcile(kvm_server.app.state.broker) == []

@@ -9,6 +9,7 @@ extent map, and the backing a conversion stops using is discarded all the same.
 
 from __future__ import annotations
 
+import errno
 import mmap
 import os
 import threading
@@ -298,8 +299,10 @@ class KvmBackend:
     def populate_shared(self, vm_id: str, gfn: int, npages: int) -> None:
         with self._lock:
             vm = self._vm(vm_id)
+            # Write-fault the pages through the broker's mapping, as the VMM's first touch would: an
+            # fallocate would reserve them without making them data that SEEK_DATA reports.
             for slot, offset, length in self._shared_ranges(vm, gfn, npages):
-                uapi.fallocate(slot.shared_fd, uapi.FALLOC_FL_KEEP_SIZE, offset, length, "fallocate(shared)")
+                uapi.madvise(slot.shared_addr + offset, length, uapi.MADV_POPULATE_WRITE, "MADV_POPULATE_WRITE")
 
     def discard_shared(self, vm_id: str, gfn: int, npages: int) -> None:
         with self._lock:
@@ -339,11 +342,25 @@ class KvmBackend:
 
     def inventory(self) -> dict[str, VmInventory]:
         # guest_memfd has no SEEK_DATA (lseek is ESPIPE): the kernel does not say what is populated.
+        # The shared memfds are ordinary files, so their population is read back from the kernel.
         with self._lock:
             return {
-                vm_id: VmInventory(memfds=dict.fromkeys(vm.memfds), memslots=set(vm.slots))
+                vm_id: VmInventory(
+                    memfds=dict.fromkeys(vm.memfds), memslots=set(vm.slots), shared=self._shared_population(vm)
+                )
                 for vm_id, vm in self._vms.items()
             }
+
+    def _shared_population(self, vm: _Vm) -> list[tuple[int, int]]:
+        runs: list[tuple[int, int]] = []
+        for slot in sorted(vm.slots.values(), key=lambda s: s.gfn):
+            for start, end in _data_runs(slot.shared_fd, slot.npages * PAGE_SIZE):
+                gfn, gfn_end = slot.gfn + start // PAGE_SIZE, slot.gfn + end // PAGE_SIZE
+                if runs and runs[-1][1] == gfn:
+                    runs[-1] = (runs[-1][0], gfn_end)
+                else:
+                    runs.append((gfn, gfn_end))
+        return runs
 
     def restore(self, vm: Vm) -> bool:
         """Kernel objects live as long as this process's fds: nothing survives a restart."""
@@ -357,6 +374,23 @@ class KvmBackend:
             if self._kvm >= 0:
                 os.close(self._kvm)
                 self._kvm = -1
+
+
+def _data_runs(fd: int, size: int) -> list[tuple[int, int]]:
+    """Byte runs holding data in a file, by lseek(SEEK_DATA / SEEK_HOLE)."""
+    runs = []
+    pos = 0
+    while pos < size:
+        try:
+            start = os.lseek(fd, pos, os.SEEK_DATA)
+        except OSError as exc:
+            if exc.errno == errno.ENXIO:  # no data after pos
+                break
+            raise
+        end = min(os.lseek(fd, start, os.SEEK_HOLE), size)
+        runs.append((start, end))
+        pos = end
+    return runs
 
 
 def _release_shared(slot: _Slot) -> None:

@@ -123,7 +123,7 @@ VM_TYPES = {"default": 0, "sw_protected": 1, "sev_snp": 4, "tdx": 5}
 FALLOC_FL_KEEP_SIZE = 0x01
 FALLOC_FL_PUNCH_HOLE = 0x02
 
-MADV_REMOVE = 9
+MADV_POPULATE_WRITE = 23
 
 # -- calls -----------------------------------------------------------------------------------------
 
@@ -182,3 +182,8 @@ def mmap_shared(fd: int, length: int, what: str) -> int:
 def munmap(addr: int, length: int) -> None:
     if _libc.munmap(addr, length) != 0:
         raise _error(ctypes.get_errno(), "munmap")
+
+
+def madvise(addr: int, length: int, advice: int, what: str) -> None:
+    if _libc.madvise(addr, length, advice) != 0:
+        raise _error(ctypes.get_errno(), what)
