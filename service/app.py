@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -51,7 +52,8 @@ def create_app(
     engine = engine or make_engine(settings.database_url, pool_size=settings.db_pool_size)
     backend = backend or make_backend(settings)
     broker = Broker(uow=lambda: SqlUnitOfWork(engine), backend=backend, max_batch=settings.max_batch)
-    handoff = Handoff(Tickets(settings.handoff_ticket_seconds), settings.handoff_socket)
+    # Absolute, because the path is told to clients that may run in another directory.
+    handoff = Handoff(Tickets(settings.handoff_ticket_seconds), os.path.abspath(settings.handoff_socket))
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

@@ -13,6 +13,8 @@ import errno
 import mmap
 import os
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -55,6 +57,9 @@ class _Vm:
     slots: dict[int, _Slot] = field(default_factory=dict)
     # The broker's own attribute array, kept where the kernel has none for this VM type.
     attributes: ExtentMap[str] = field(default_factory=ExtentMap)
+    # Held around every call on this VM's fds, so another VM's large fallocate never waits on it.
+    lock: threading.RLock = field(default_factory=threading.RLock)
+    destroyed: bool = False
 
 
 class KvmBackend:
@@ -72,7 +77,8 @@ class KvmBackend:
             os.close(self._kvm)
             raise
         self._vms: dict[str, _Vm] = {}
-        self._lock = threading.RLock()
+        # Guards the registry only; each VM's calls hold that VM's own lock.
+        self._lock = threading.Lock()
 
     # -- host --------------------------------------------------------------------------------------
 
@@ -145,16 +151,35 @@ class KvmBackend:
     def host_info(self) -> HostInfo:
         return self._host
 
-    def _vm(self, vm_id: str) -> _Vm:
-        vm = self._vms.get(vm_id)
+    @contextmanager
+    def _held(self, vm_id: str, *, missing_ok: bool = False) -> Iterator[_Vm | None]:
+        """The VM with its lock held; None (when ``missing_ok``) if this process holds no such VM."""
+        with self._lock:
+            vm = self._vms.get(vm_id)
         if vm is None:
+            if missing_ok:
+                yield None
+                return
             raise BackendError("EBADF", f"no KVM VM for {vm_id!r} in this process")
-        return vm
+        with vm.lock:
+            if vm.destroyed:  # destroyed while this call waited for the lock
+                if missing_ok:
+                    yield None
+                    return
+                raise BackendError("EBADF", f"KVM VM {vm_id!r} was destroyed")
+            yield vm
 
-    def _memfd(self, vm_id: str, memfd_id: str) -> _Memfd:
-        memfd = self._vm(vm_id).memfds.get(memfd_id)
+    @contextmanager
+    def _vm(self, vm_id: str) -> Iterator[_Vm]:
+        with self._held(vm_id) as vm:
+            assert vm is not None
+            yield vm
+
+    @staticmethod
+    def _memfd(vm: _Vm, memfd_id: str) -> _Memfd:
+        memfd = vm.memfds.get(memfd_id)
         if memfd is None:
-            raise BackendError("EBADF", f"no guest_memfd {memfd_id!r} in VM {vm_id!r}")
+            raise BackendError("EBADF", f"no guest_memfd {memfd_id!r} in this VM")
         return memfd
 
     # -- VMs and memfds --------------------------------------------------------------------------
@@ -171,8 +196,10 @@ class KvmBackend:
     def destroy_vm(self, vm_id: str) -> None:
         with self._lock:
             vm = self._vms.pop(vm_id, None)
-            if vm is None:
-                return
+        if vm is None:
+            return
+        with vm.lock:
+            vm.destroyed = True
             # Memslots before memfds before the VM: the reverse of how they were made.
             for slot in vm.slots.values():
                 _release_shared(slot)
@@ -181,8 +208,7 @@ class KvmBackend:
             os.close(vm.fd)
 
     def create_memfd(self, vm_id: str, memfd_id: str, npages: int, flags: tuple[str, ...]) -> None:
-        with self._lock:
-            vm = self._vm(vm_id)
+        with self._vm(vm_id) as vm:
             if memfd_id in vm.memfds:
                 return
             unknown = set(flags) - set(uapi.MEMFD_FLAGS)
@@ -194,14 +220,14 @@ class KvmBackend:
             vm.memfds[memfd_id] = _Memfd(fd, npages, tuple(sorted(set(flags))))
 
     def close_memfd(self, vm_id: str, memfd_id: str) -> None:
-        with self._lock:
-            vm = self._vms.get(vm_id)
-            memfd = vm.memfds.pop(memfd_id, None) if vm is not None else None
+        with self._held(vm_id, missing_ok=True) as vm:
+            memfd = vm.memfds.get(memfd_id) if vm is not None else None
             if vm is None or memfd is None:
                 return
             # Closing a guest_memfd zaps its bindings; delete them from KVM first so none dangles.
             for slot_id in [s for s, b in vm.slots.items() if b.memfd_id == memfd_id]:
-                self.unbind_memslot(vm_id, slot_id)
+                self._unbind(vm, slot_id)
+            del vm.memfds[memfd_id]
             os.close(memfd.fd)
 
     # -- memslots ----------------------------------------------------------------------------------
@@ -219,9 +245,8 @@ class KvmBackend:
         uapi.ioctl(vm.fd, uapi.KVM_SET_USER_MEMORY_REGION2, region, "KVM_SET_USER_MEMORY_REGION2")
 
     def bind_memslot(self, vm_id: str, slot: int, gfn: int, npages: int, memfd_id: str, pgoff: int) -> None:
-        with self._lock:
-            vm = self._vm(vm_id)
-            memfd = self._memfd(vm_id, memfd_id)
+        with self._vm(vm_id) as vm:
+            memfd = self._memfd(vm, memfd_id)
             have = vm.slots.get(slot)
             if have is not None:
                 if have.binding == (gfn, npages, memfd_id, pgoff):
@@ -244,27 +269,30 @@ class KvmBackend:
             vm.slots[slot] = bound
 
     def unbind_memslot(self, vm_id: str, slot: int) -> None:
-        with self._lock:
-            vm = self._vms.get(vm_id)
-            bound = vm.slots.get(slot) if vm is not None else None
-            if vm is None or bound is None:
-                return
-            self._set_region(vm, slot, bound, vm.memfds[bound.memfd_id].fd, delete=True)
-            del vm.slots[slot]
-            _release_shared(bound)
+        with self._held(vm_id, missing_ok=True) as vm:
+            if vm is not None:
+                self._unbind(vm, slot)
+
+    def _unbind(self, vm: _Vm, slot: int) -> None:
+        bound = vm.slots.get(slot)
+        if bound is None:
+            return
+        self._set_region(vm, slot, bound, vm.memfds[bound.memfd_id].fd, delete=True)
+        del vm.slots[slot]
+        _release_shared(bound)
 
     # -- population ------------------------------------------------------------------------------
 
     def allocate(self, vm_id: str, memfd_id: str, pgoff: int, npages: int) -> None:
-        with self._lock:
-            memfd = self._memfd(vm_id, memfd_id)
+        with self._vm(vm_id) as vm:
+            memfd = self._memfd(vm, memfd_id)
             uapi.fallocate(
                 memfd.fd, uapi.FALLOC_FL_KEEP_SIZE, pgoff * PAGE_SIZE, npages * PAGE_SIZE, "fallocate(KEEP_SIZE)"
             )
 
     def punch_hole(self, vm_id: str, memfd_id: str, pgoff: int, npages: int) -> None:
-        with self._lock:
-            memfd = self._memfd(vm_id, memfd_id)
+        with self._vm(vm_id) as vm:
+            memfd = self._memfd(vm, memfd_id)
             uapi.fallocate(
                 memfd.fd,
                 uapi.FALLOC_FL_KEEP_SIZE | uapi.FALLOC_FL_PUNCH_HOLE,
@@ -274,8 +302,7 @@ class KvmBackend:
             )
 
     def set_attributes(self, vm_id: str, gfn: int, npages: int, attribute: str) -> None:
-        with self._lock:
-            vm = self._vm(vm_id)
+        with self._vm(vm_id) as vm:
             if attribute not in ("private", "shared") or npages <= 0:
                 raise BackendError("EINVAL", f"KVM_SET_MEMORY_ATTRIBUTES: bad attribute {attribute!r} or size")
             if self._host.enforcement["memory_attributes"] == "kernel":
@@ -297,16 +324,14 @@ class KvmBackend:
         return out
 
     def populate_shared(self, vm_id: str, gfn: int, npages: int) -> None:
-        with self._lock:
-            vm = self._vm(vm_id)
+        with self._vm(vm_id) as vm:
             # Write-fault the pages through the broker's mapping, as the VMM's first touch would: an
             # fallocate would reserve them without making them data that SEEK_DATA reports.
             for slot, offset, length in self._shared_ranges(vm, gfn, npages):
                 uapi.madvise(slot.shared_addr + offset, length, uapi.MADV_POPULATE_WRITE, "MADV_POPULATE_WRITE")
 
     def discard_shared(self, vm_id: str, gfn: int, npages: int) -> None:
-        with self._lock:
-            vm = self._vms.get(vm_id)
+        with self._held(vm_id, missing_ok=True) as vm:
             if vm is None:
                 return
             mode = uapi.FALLOC_FL_KEEP_SIZE | uapi.FALLOC_FL_PUNCH_HOLE
@@ -315,8 +340,8 @@ class KvmBackend:
 
     # -- contents --------------------------------------------------------------------------------
 
-    def _map_page(self, vm_id: str, memfd_id: str, pgoff: int) -> mmap.mmap:
-        memfd = self._memfd(vm_id, memfd_id)
+    def _map_page(self, vm: _Vm, memfd_id: str, pgoff: int) -> mmap.mmap:
+        memfd = self._memfd(vm, memfd_id)
         if not 0 <= pgoff < memfd.npages:
             raise BackendError("EINVAL", f"page {pgoff} is outside memfd {memfd_id!r}")
         try:
@@ -325,18 +350,22 @@ class KvmBackend:
             raise BackendError(uapi.errno_name(exc.errno or 0), f"mmap of memfd {memfd_id!r}: {exc.strerror}") from None
 
     def read_page(self, vm_id: str, memfd_id: str, pgoff: int) -> bytes:
-        with self._lock, self._map_page(vm_id, memfd_id, pgoff) as page:
+        with self._vm(vm_id) as vm, self._map_page(vm, memfd_id, pgoff) as page:
             return bytes(page[:])
 
     def write_page(self, vm_id: str, memfd_id: str, pgoff: int, data: bytes) -> None:
         if len(data) != PAGE_SIZE:
             raise BackendError("EINVAL", f"a page is {PAGE_SIZE} bytes, not {len(data)}")
-        with self._lock, self._map_page(vm_id, memfd_id, pgoff) as page:
+        with self._vm(vm_id) as vm, self._map_page(vm, memfd_id, pgoff) as page:
             page[:] = data
 
     def memfd_fd(self, vm_id: str, memfd_id: str) -> int:
-        """The memfd's fd, still owned by the backend: for SCM_RIGHTS, which duplicates it."""
-        return self._memfd(vm_id, memfd_id).fd
+        """The memfd's fd, still owned by the backend: for SCM_RIGHTS, which duplicates it.
+
+        The caller keeps the fd from being closed while it uses it (the broker holds the VM's lock).
+        """
+        with self._vm(vm_id) as vm:
+            return self._memfd(vm, memfd_id).fd
 
     # -- recovery --------------------------------------------------------------------------------
 
@@ -344,12 +373,15 @@ class KvmBackend:
         # guest_memfd has no SEEK_DATA (lseek is ESPIPE): the kernel does not say what is populated.
         # The shared memfds are ordinary files, so their population is read back from the kernel.
         with self._lock:
-            return {
-                vm_id: VmInventory(
-                    memfds=dict.fromkeys(vm.memfds), memslots=set(vm.slots), shared=self._shared_population(vm)
-                )
-                for vm_id, vm in self._vms.items()
-            }
+            vm_ids = list(self._vms)
+        held: dict[str, VmInventory] = {}
+        for vm_id in vm_ids:
+            with self._held(vm_id, missing_ok=True) as vm:
+                if vm is not None:
+                    held[vm_id] = VmInventory(
+                        memfds=dict.fromkeys(vm.memfds), memslots=set(vm.slots), shared=self._shared_population(vm)
+                    )
+        return held
 
     def _shared_population(self, vm: _Vm) -> list[tuple[int, int]]:
         runs: list[tuple[int, int]] = []
@@ -369,8 +401,10 @@ class KvmBackend:
 
     def close(self) -> None:
         with self._lock:
-            for vm_id in list(self._vms):
-                self.destroy_vm(vm_id)
+            vm_ids = list(self._vms)
+        for vm_id in vm_ids:
+            self.destroy_vm(vm_id)
+        with self._lock:
             if self._kvm >= 0:
                 os.close(self._kvm)
                 self._kvm = -1
