@@ -54,7 +54,8 @@ class Tickets:
         self.ttl_seconds = ttl_seconds
         self._clock = clock
         self._live: dict[str, Ticket] = {}
-        self._spent: dict[str, float] = {}
+        # Tickets no longer good, with when and why, to tell "used" or "expired" from "unknown".
+        self._spent: dict[str, tuple[float, str]] = {}
         # Idempotency-Key -> (fingerprint, answer, expiry): a retried export gets the same ticket.
         self._answers: dict[str, tuple[str | None, dict[str, Any], float]] = {}
         self._lock = threading.Lock()
@@ -88,21 +89,25 @@ class Tickets:
             now = self._clock()
             ticket = self._live.pop(value, None)
             if ticket is None:
-                if value in self._spent:
-                    raise TicketRefused("ticket-used", "this ticket was already redeemed or has expired")
-                raise TicketRefused("ticket-unknown", "this ticket was not issued by this broker")
-            self._spent[value] = now
+                spent = self._spent.get(value)
+                if spent is None:
+                    raise TicketRefused("ticket-unknown", "this ticket was not issued by this broker")
+                if spent[1] == "ticket-expired":
+                    raise TicketRefused("ticket-expired", "this ticket has expired")
+                raise TicketRefused("ticket-used", "this ticket was already redeemed; a ticket is good for one fd")
             if now >= ticket.expires:
+                self._spent[value] = (now, "ticket-expired")
                 raise TicketRefused("ticket-expired", f"the ticket expired {now - ticket.expires:.1f} s ago")
+            self._spent[value] = (now, "ticket-used")
             return ticket
 
     def _forget_old(self) -> None:
         now = self._clock()
         for value in [v for v, t in self._live.items() if t.expires <= now]:
-            self._spent[value] = now
+            self._spent[value] = (now, "ticket-expired")
             del self._live[value]
-        # A spent ticket is remembered for one more lifetime, to tell "used" from "unknown".
-        for value in [v for v, at in self._spent.items() if at + self.ttl_seconds < now]:
+        # A spent ticket is remembered for one more lifetime, then it is just unknown.
+        for value in [v for v, (at, _) in self._spent.items() if at + self.ttl_seconds < now]:
             del self._spent[value]
         for key in [k for k, (_, _, expires) in self._answers.items() if expires <= now]:
             del self._answers[key]
