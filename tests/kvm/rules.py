@@ -31,6 +31,7 @@ KERNEL_ERRNO: dict[str, str] = {
     "7 lseek of a memfd": "ESPIPE",
     "7 mmap without the mmap flag": "ENODEV",
     "7 MAP_PRIVATE": "EINVAL",
+    # and a touch of a private page through a mapping is SIGBUS (test_rule_7_touching_...)
     "8 resize": "EINVAL",
     "8 memslot moved": "EINVAL",
     "8 memslot read-only": "EINVAL",

@@ -6,8 +6,10 @@ the kernel moved, and the test's name says which rule.
 
 from __future__ import annotations
 
+import faulthandler
 import mmap
 import os
+import signal
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
@@ -247,3 +249,19 @@ def test_vm_types_not_offered_are_refused(raw: RawVm) -> None:
         raw.fds.append(uapi.ioctl(raw.kvm, uapi.KVM_CREATE_VM, missing[0], "KVM_CREATE_VM"))
 
     assert errno_of(create) == KERNEL_ERRNO["vm type not offered"]
+
+
+def test_rule_7_touching_a_private_page_through_a_mapping_is_sigbus(raw: RawVm) -> None:
+    # Without init_shared the pages are private to the guest: the mapping exists, a touch kills.
+    private = raw.memfd(MIB, uapi.GUEST_MEMFD_FLAG_MMAP)
+    pid = os.fork()
+    if pid == 0:
+        try:
+            faulthandler.disable()  # the signal is the expected outcome, not a crash to report
+            with mmap.mmap(private, PAGE, mmap.MAP_SHARED) as page:
+                page[0]  # the read is the test
+        finally:
+            os._exit(0)
+    _, status = os.waitpid(pid, 0)
+    assert os.WIFSIGNALED(status)
+    assert os.WTERMSIG(status) == signal.SIGBUS
