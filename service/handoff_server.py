@@ -63,15 +63,22 @@ class HandoffServer:
                 conn, _ = self._sock.accept()
             except TimeoutError:
                 continue
-            except OSError:
+            except OSError as exc:
                 if self._stop.is_set():
                     return
-                raise
+                # EMFILE and the like pass; the listener must outlive them rather than spin.
+                log.warning("hand-off accept failed: %s", exc)
+                self._stop.wait(0.5)
+                continue
             with conn:
                 try:
                     self._answer(conn)
                 except OSError as exc:
                     log.warning("hand-off connection failed: %s", exc)
+                except Exception:
+                    log.exception("hand-off request failed")
+                    with contextlib.suppress(OSError):
+                        conn.sendall(encode("ERR", {"code": "internal-error", "detail": "see the broker's log"}))
 
     def _answer(self, conn: socket.socket) -> None:
         conn.settimeout(5)
