@@ -157,7 +157,17 @@ def test_an_expired_ticket_is_refused(kvm_client: httpx.Client, kvm_server: Runn
         tickets._clock = clock
 
 
-def test_the_sim_has_no_fds_to_hand_off(clients: dict[str, httpx.Client]) -> None:
+def test_a_malformed_request_gets_no_fd(kvm_client: httpx.Client, kvm_server: RunningServer) -> None:
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.connect(kvm_server.app.state.handoff.path)
+        sock.sendall(b"GIVE ME ALL\n")
+        message, fds, _, _ = socket.recv_fds(sock, 4096, 1)
+    assert fds == []
+    assert json.loads(message[4:])["code"] == "bad-request"
+
+
+def test_the_sim_has_no_fds_to_hand_off(clients: dict[str, httpx.Client], servers: dict[str, RunningServer]) -> None:
+    assert not os.path.exists(servers["sim"].app.state.handoff.path)  # no listener without real fds
     client = clients["sim"]
     vm = create_vm(client, "default")
     memfd = create_memfd(client, vm["id"], MIB)
