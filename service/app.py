@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -11,11 +12,14 @@ from sqlalchemy import Engine
 
 from . import __version__
 from .api import problems
+from .api.deps import Handoff
 from .api.middleware import RequestIdMiddleware
 from .api.routes import memfds, memory, memslots, system, vms
 from .backends.factory import make_backend
 from .backends.protocol import MemoryBackend
+from .handoff_server import HandoffServer
 from .operations.broker import Broker
+from .operations.handoff import Tickets
 from .operations.recovery import recover
 from .settings import Settings
 from .store.db import make_engine
@@ -48,6 +52,8 @@ def create_app(
     engine = engine or make_engine(settings.database_url, pool_size=settings.db_pool_size)
     backend = backend or make_backend(settings)
     broker = Broker(uow=lambda: SqlUnitOfWork(engine), backend=backend, max_batch=settings.max_batch)
+    # Absolute, because the path is told to clients that may run in another directory.
+    handoff = Handoff(Tickets(settings.handoff_ticket_seconds), os.path.abspath(settings.handoff_socket))
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -55,7 +61,14 @@ def create_app(
         if not status.ok:
             raise SchemaMismatch(status.problem())
         recover(broker)
+        # Only a backend with real fds has something to hand off (the sim answers export with 501).
+        listener = None
+        if backend.host_info().details.get("fd_handoff"):
+            listener = HandoffServer(broker, handoff.tickets, handoff.path)
+            listener.start()
         yield
+        if listener is not None:
+            listener.stop()
         backend.close()
 
     app = FastAPI(
@@ -69,6 +82,7 @@ def create_app(
     app.state.settings = settings
     app.state.engine = engine
     app.state.broker = broker
+    app.state.handoff = handoff
     for module in (memory, vms, memfds, memslots, system):
         app.include_router(module.router)
     problems.install(app)

@@ -99,7 +99,7 @@ def _log_tail(path: Path, lines: int = 30) -> str:
 
 
 @contextmanager
-def _server(workdir: Path) -> Iterator[tuple[str, int]]:
+def _server(workdir: Path, backend: str = "sim") -> Iterator[tuple[str, int]]:
     """The real service in a process of its own on a fresh, migrated SQLite file: (base url, pid)."""
     url = f"sqlite:///{workdir / 'broker.db'}"
     upgrade(url)
@@ -107,7 +107,8 @@ def _server(workdir: Path) -> Iterator[tuple[str, int]]:
     env = {
         **os.environ,
         "GMEM_BROKER_DATABASE_URL": url,
-        "GMEM_BROKER_BACKEND": "sim",
+        "GMEM_BROKER_BACKEND": backend,
+        "GMEM_BROKER_HANDOFF_SOCKET": str(workdir / "handoff.sock"),
         "GMEM_BROKER_HOST": "127.0.0.1",
         "GMEM_BROKER_LOG_LEVEL": "warning",
     }

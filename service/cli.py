@@ -99,11 +99,18 @@ def bench(
     batch_ranges: Annotated[int, typer.Option(help="ranges per convert batch")] = 1000,
     range_pages: Annotated[int, typer.Option(help="pages per range in batches")] = 64,
     json_out: Annotated[bool, typer.Option("--json", help="print the figures as JSON")] = False,
+    kvm: Annotated[
+        bool, typer.Option("--kvm", help="also measure the kvm backend on /dev/kvm next to the raw syscalls")
+    ] = False,
 ) -> None:
     """Start the service on a fresh SQLite file and measure it over loopback."""
     from .bench import run_bench
 
     figures = run_bench(duration=duration, connections=connections, batch_ranges=batch_ranges, range_pages=range_pages)
+    if kvm:
+        from .bench_kvm import run_kvm_bench
+
+        figures["kvm"] = run_kvm_bench(duration=duration, batch_ranges=batch_ranges, range_pages=range_pages)
     if json_out:
         typer.echo(json.dumps(figures, indent=2))
 

@@ -22,3 +22,8 @@ class Settings(BaseSettings):
     sim_numa_nodes: int = Field(2, ge=1, le=64)
     sim_frames_per_node: int = Field(4 << 20, ge=1, description="4 KiB frames per NUMA node in the sim")
     db_pool_size: int = Field(10, ge=1)
+    kvm_device: str = Field("/dev/kvm", description="the KVM device the kvm backend opens")
+    handoff_socket: str = Field(
+        "./gmem-broker.sock", description="Unix socket (mode 0600) where VMMs redeem memfd export tickets"
+    )
+    handoff_ticket_seconds: float = Field(60.0, gt=0, description="how long an export ticket stays valid")

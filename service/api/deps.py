@@ -11,6 +11,7 @@ from fastapi import Depends, Header, Request
 from fastapi.responses import JSONResponse
 
 from ..operations.broker import Broker
+from ..operations.handoff import Tickets
 from ..operations.journal import Outcome, RequestMeta, etag
 
 
@@ -20,6 +21,22 @@ async def get_broker(request: Request) -> Broker:
 
 
 BrokerDep = Annotated[Broker, Depends(get_broker)]
+
+
+@dataclass(frozen=True, slots=True)
+class Handoff:
+    """The export tickets and the socket they are redeemed on."""
+
+    tickets: Tickets
+    path: str
+
+
+def get_handoff(request: Request) -> Handoff:
+    handoff: Handoff = request.app.state.handoff
+    return handoff
+
+
+HandoffDep = Annotated[Handoff, Depends(get_handoff)]
 
 
 async def request_meta(request: Request, idempotency_key: str | None, if_match: str | None) -> RequestMeta:

@@ -89,6 +89,19 @@ CATALOGUE: dict[str, ProblemType] = {
     "replay-pending": ProblemType(
         503, "Replay pending", "The operation is journalled but not all backend calls applied; it will be replayed."
     ),
+    "vm-lost": ProblemType(
+        409,
+        "VM lost",
+        "The broker restarted and the VM's kernel objects are gone; its extents are kept, it can only be deleted.",
+    ),
+    "private-page": ProblemType(
+        409,
+        "Private page",
+        "The host may read only shared pages of an mmap + init_shared memfd; touching a private one is SIGBUS.",
+    ),
+    "ticket-unknown": ProblemType(403, "Unknown ticket", "The export ticket was not issued by this broker."),
+    "ticket-used": ProblemType(403, "Ticket used", "An export ticket is good for one fd only."),
+    "ticket-expired": ProblemType(403, "Ticket expired", "Export tickets are valid for 60 seconds."),
     "validation-error": ProblemType(422, "Invalid request", "The request does not match the schema."),
     "method-not-allowed": ProblemType(405, "Method not allowed", "The resource does not support this method."),
     "http-error": ProblemType(400, "HTTP error", "The request could not be served."),

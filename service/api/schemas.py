@@ -30,6 +30,13 @@ class VmStateName(StrEnum):
     stopped = "stopped"
 
 
+class VmStateView(StrEnum):
+    created = "created"
+    running = "running"
+    stopped = "stopped"
+    lost = "lost"
+
+
 class AttributeName(StrEnum):
     private = "private"
     shared = "shared"
@@ -50,7 +57,7 @@ class Vm(BaseModel):
     id: str
     name: str
     vm_type: str
-    state: VmStateName
+    state: VmStateView = Field(..., description="lost: the broker restarted and the VM's kernel objects are gone")
     generation: int
     created_at: datetime
     updated_at: datetime
@@ -140,6 +147,24 @@ class Allocated(BaseModel):
     pages_allocated: int
 
 
+class Page(BaseModel):
+    memfd_id: str
+    pgoff: int
+    offset: int
+    allocated: bool = Field(..., description="false: a hole, which reads as zeros")
+    data: str = Field(..., description="the page's bytes, base64")
+    generation: int
+
+
+class ExportTicket(BaseModel):
+    ticket: str = Field(..., description="single use; present it on the Unix socket as REDEEM <ticket>")
+    vm_id: str
+    memfd_id: str
+    size: int
+    socket: str = Field(..., description="path of the broker's hand-off Unix socket")
+    expires_at: datetime
+
+
 class Punched(BaseModel):
     operation_id: str
     generation: int
@@ -213,7 +238,9 @@ class Host(BaseModel):
     enforcement: dict[str, str]
     numa_nodes: list[NumaNodeView]
     budget: dict[str, int]
-    vms: dict[str, int]
+    max_gpa: int = Field(..., description="end (exclusive) of the guest physical address space a memslot may reach")
+    kernel: dict[str, Any] = Field(..., description="what the backend says about the kernel (release, device)")
+    vms: dict[str, int] = Field(..., description="total, pending_replay, lost")
     reconcile: list[str]
 
 

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from ..settings import Settings
-from .protocol import MemoryBackend
+from .kvm.backend import KvmBackend
+from .protocol import BackendError, MemoryBackend
 from .sim import SimBackend
 
 
@@ -14,6 +15,7 @@ class BackendUnavailable(RuntimeError):
 def make_backend(settings: Settings) -> MemoryBackend:
     if settings.backend == "sim":
         return SimBackend(numa_nodes=settings.sim_numa_nodes, frames_per_node=settings.sim_frames_per_node)
-    raise BackendUnavailable(
-        f"backend {settings.backend!r} is not available in this build; use GMEM_BROKER_BACKEND=sim"
-    )
+    try:
+        return KvmBackend(settings.kvm_device)
+    except BackendError as err:
+        raise BackendUnavailable(f"the kvm backend cannot start: {err}; use GMEM_BROKER_BACKEND=sim") from err

@@ -39,14 +39,21 @@ class HostInfo:
     # feature -> "kernel" | "broker" | "model": who enforces it on this host.
     enforcement: dict[str, str]
     details: dict[str, Any] = field(default_factory=dict)
+    # End (exclusive) of the guest physical address space a memslot may reach.
+    max_gpa: int = 1 << 64
 
 
 @dataclass(slots=True)
 class VmInventory:
-    """What a backend holds for one VM: memfd populations and bound memslots."""
+    """What a backend holds for one VM: memfd populations and bound memslots.
 
-    memfds: dict[str, list[tuple[int, int]]]
+    A population is ``None`` where the backend cannot tell (guest_memfd has no SEEK_DATA).
+    """
+
+    memfds: dict[str, list[tuple[int, int]] | None]
     memslots: set[int]
+    # Populated gfn runs of the shared backing.
+    shared: list[tuple[int, int]] = field(default_factory=list)
 
 
 class MemoryBackend(Protocol):
@@ -64,6 +71,12 @@ class MemoryBackend(Protocol):
     def set_attributes(self, vm_id: str, gfn: int, npages: int, attribute: str) -> None: ...
     def populate_shared(self, vm_id: str, gfn: int, npages: int) -> None: ...
     def discard_shared(self, vm_id: str, gfn: int, npages: int) -> None: ...
+    def read_page(self, vm_id: str, memfd_id: str, pgoff: int) -> bytes: ...
+    def write_page(self, vm_id: str, memfd_id: str, pgoff: int, data: bytes) -> None: ...
+    def memfd_fd(self, vm_id: str, memfd_id: str) -> int:
+        """The memfd's real fd, still owned by the backend (EOPNOTSUPP where there is none)."""
+        ...
+
     def inventory(self) -> dict[str, VmInventory]: ...
     def restore(self, vm: Vm) -> bool:
         """Re-establish a stored VM after a restart; False when its kernel objects are gone."""

@@ -17,6 +17,8 @@ from ..domain.units import PAGE_SIZE
 from .protocol import BackendError, HostInfo, NumaNode, VmInventory
 
 VM_TYPES = ("default", "sw_protected", "sev_snp", "tdx")
+# x86 KVM with two-dimensional paging maps guest physical addresses up to 52 bits.
+MAX_GPA = 1 << 52
 MEMFD_FLAGS = ("mmap", "init_shared")
 
 
@@ -26,6 +28,8 @@ class _Memfd:
     flags: tuple[str, ...]
     # pgoff -> NUMA node holding the page
     pages: ExtentMap[int] = field(default_factory=ExtentMap)
+    # Contents of pages written through a mapping; a page not here reads as zeros.
+    contents: dict[int, bytes] = field(default_factory=dict)
 
 
 @dataclass(slots=True)
@@ -88,6 +92,7 @@ class SimBackend:
                 "private_in_use": "broker",
                 "punch_out_of_range": "broker",
             },
+            max_gpa=MAX_GPA,
         )
 
     def _vm(self, vm_id: str) -> _Vm:
@@ -154,8 +159,8 @@ class SimBackend:
                 if have == want:
                     return
                 raise BackendError("EINVAL", f"memslot {slot} exists and a guest_memfd memslot is immutable")
-            if npages <= 0 or pgoff + npages > memfd.npages:
-                raise BackendError("EINVAL", "memfd range outside the file")
+            if npages <= 0 or pgoff + npages > memfd.npages or (gfn + npages) * PAGE_SIZE > MAX_GPA:
+                raise BackendError("EINVAL", "memfd range outside the file, or gpa past the guest's address space")
             for other in vm.slots.values():
                 if other.gfn < gfn + npages and gfn < other.gfn + other.npages:
                     raise BackendError("EEXIST", "gpa range overlaps another memslot")
@@ -210,6 +215,8 @@ class SimBackend:
                 raise BackendError("EINVAL", "length must be > 0")
             # Like the kernel, a punch past the end of the file is accepted and clipped.
             self._free(memfd.pages, pgoff, min(pgoff + npages, memfd.npages))
+            for page in [p for p in memfd.contents if pgoff <= p < pgoff + npages]:
+                del memfd.contents[page]
 
     def set_attributes(self, vm_id: str, gfn: int, npages: int, attribute: str) -> None:
         with self._lock:
@@ -228,6 +235,32 @@ class SimBackend:
             self._maybe_fail("discard_shared")
             self._free(self._vm(vm_id).shared, gfn, gfn + npages)
 
+    # -- contents --------------------------------------------------------------------------------
+
+    def _mapped(self, vm_id: str, memfd_id: str, pgoff: int) -> _Memfd:
+        memfd = self._memfd(vm_id, memfd_id)
+        if "mmap" not in memfd.flags:
+            raise BackendError("ENODEV", f"memfd {memfd_id!r} was not created with the mmap flag")
+        if not 0 <= pgoff < memfd.npages:
+            raise BackendError("EINVAL", f"page {pgoff} is outside memfd {memfd_id!r}")
+        return memfd
+
+    def read_page(self, vm_id: str, memfd_id: str, pgoff: int) -> bytes:
+        with self._lock:
+            return self._mapped(vm_id, memfd_id, pgoff).contents.get(pgoff, bytes(PAGE_SIZE))
+
+    def write_page(self, vm_id: str, memfd_id: str, pgoff: int, data: bytes) -> None:
+        with self._lock:
+            memfd = self._mapped(vm_id, memfd_id, pgoff)
+            if len(data) != PAGE_SIZE:
+                raise BackendError("EINVAL", f"a page is {PAGE_SIZE} bytes, not {len(data)}")
+            # A write through a mapping faults the page in, as it does on a real guest_memfd.
+            self._populate(memfd.pages, pgoff, pgoff + 1)
+            memfd.contents[pgoff] = bytes(data)
+
+    def memfd_fd(self, vm_id: str, memfd_id: str) -> int:
+        raise BackendError("EOPNOTSUPP", "the sim backend models memfds and holds no fds to hand off")
+
     # -- recovery --------------------------------------------------------------------------------
 
     def inventory(self) -> dict[str, VmInventory]:
@@ -236,6 +269,7 @@ class SimBackend:
                 vm_id: VmInventory(
                     memfds={mid: [(e.start, e.end) for e in _coalesced(m.pages)] for mid, m in vm.memfds.items()},
                     memslots=set(vm.slots),
+                    shared=[(e.start, e.end) for e in _coalesced(vm.shared)],
                 )
                 for vm_id, vm in self._vms.items()
             }

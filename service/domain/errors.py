@@ -111,3 +111,11 @@ class InvalidCursor(DomainError):
 
 class BatchTooLarge(DomainError):
     code = "batch-too-large"
+
+
+class VmLost(DomainError):
+    code = "vm-lost"
+
+
+class PrivatePage(DomainError):
+    code = "private-page"

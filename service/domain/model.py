@@ -28,12 +28,14 @@ from .errors import (
     OutOfRange,
     Overlap,
     PrivateInUse,
+    PrivatePage,
     SlotInUse,
     Unaligned,
     UnsupportedFlags,
+    VmLost,
 )
 from .extents import Delta, Extent, ExtentMap, sweep
-from .units import MAX_FILE_BYTES, PAGE_SIZE, to_bytes
+from .units import GPA_LIMIT, MAX_FILE_BYTES, PAGE_SIZE, to_bytes
 
 
 class VmType(StrEnum):
@@ -51,12 +53,15 @@ class VmState(StrEnum):
     CREATED = "created"
     RUNNING = "running"
     STOPPED = "stopped"
+    # The broker restarted and the VM's kernel objects died with the old process.
+    LOST = "lost"
 
 
 TRANSITIONS: dict[VmState, frozenset[VmState]] = {
     VmState.CREATED: frozenset({VmState.RUNNING, VmState.STOPPED}),
     VmState.RUNNING: frozenset({VmState.STOPPED}),
     VmState.STOPPED: frozenset({VmState.RUNNING}),
+    VmState.LOST: frozenset(),
 }
 
 
@@ -287,6 +292,22 @@ class Vm:
 
     # -- VM lifecycle ----------------------------------------------------------------------------
 
+    def require_not_lost(self) -> None:
+        """Refuse every mutation but deletion of a VM whose kernel objects are gone."""
+        if self.state is VmState.LOST:
+            raise VmLost(
+                f"VM {self.id!r} lost its kernel objects when the broker restarted; its extents are kept "
+                "for inspection and it can only be deleted"
+            )
+
+    def mark_lost(self, now: datetime) -> bool:
+        """The backend no longer holds this VM; returns False when it was already marked."""
+        if self.state is VmState.LOST:
+            return False
+        self._begin(now)
+        self.state = VmState.LOST
+        return True
+
     def set_state(self, state: VmState, now: datetime) -> bool:
         """Move to ``state``; returns False (and changes nothing) when already there."""
         if state == self.state:
@@ -298,8 +319,13 @@ class Vm:
         return True
 
     def delete(self, *, force: bool, now: datetime) -> list[fx.Effect]:
-        """Release everything in order (memslots, memfds, the VM); refused while in use unless forced."""
-        if not force and (self.memslots or self.memfds):
+        """Release everything in order (memslots, memfds, the VM); refused while in use unless forced.
+
+        A lost VM holds nothing in the kernel any more: it is deleted without force and without
+        backend calls.
+        """
+        lost = self.state is VmState.LOST
+        if not force and not lost and (self.memslots or self.memfds):
             raise InUse(
                 f"VM {self.id!r} still has {len(self.memslots)} memslot(s) and {len(self.memfds)} "
                 "memfd(s); delete them first or pass force=true",
@@ -311,7 +337,7 @@ class Vm:
             effects += self.delete_memfd(memfd_id, now)
         self._begin(now).deleted = True
         effects.append(fx.DestroyVm(self.id))
-        return effects
+        return [] if lost else effects
 
     # -- memfds ----------------------------------------------------------------------------------
 
@@ -361,15 +387,18 @@ class Vm:
     # -- memslots --------------------------------------------------------------------------------
 
     def create_memslot(
-        self, slot: int, gfn: int, gfn_end: int, memfd_id: str, pgoff: int, now: datetime
+        self, slot: int, gfn: int, gfn_end: int, memfd_id: str, pgoff: int, now: datetime, *, max_gpa: int = GPA_LIMIT
     ) -> tuple[Memslot, list[fx.Effect]]:
         npages = gfn_end - gfn
         if not 0 <= slot < MAX_MEMSLOTS:
             raise OutOfRange(f"memslot id {slot} must be in [0, {MAX_MEMSLOTS})", errno="EINVAL")
         if npages > MAX_MEMSLOT_PAGES:
             raise OutOfRange(f"a memslot holds at most {MAX_MEMSLOT_PAGES} pages", errno="EINVAL")
-        if to_bytes(gfn_end) > 1 << 64:
-            raise OutOfRange("gpa + size overflows the guest physical address space", errno="EINVAL")
+        if to_bytes(gfn_end) > max_gpa:
+            raise OutOfRange(
+                f"gpa + size {to_bytes(gfn_end):#x} is past the guest physical address space ({max_gpa:#x})",
+                errno="EINVAL",
+            )
         if slot in self.memslots:
             raise SlotInUse(f"memslot {slot} exists; a guest_memfd memslot cannot be changed", errno="EINVAL")
         memfd = self.memfds.get(memfd_id)
@@ -519,6 +548,30 @@ class Vm:
                 outcome.shared_pages_freed += self.shared.set(r.gfn, r.gfn_end, None)
                 effects.append(fx.DiscardShared(self.id, r.gfn, npages))
         return outcome, effects
+
+    # -- contents --------------------------------------------------------------------------------
+
+    def readable_page(self, memfd_id: str, pgoff: int) -> bool:
+        """Check that the host may read memfd page ``pgoff``; returns whether it is allocated.
+
+        Only shared pages of an ``mmap`` + ``init_shared`` memfd may be touched by the host: a
+        private one raises SIGBUS in the reader (DESIGN rule 7).
+        """
+        memfd = self.memfd(memfd_id)
+        if not 0 <= pgoff < memfd.npages:
+            raise OutOfRange(f"page {pgoff} is outside memfd {memfd_id!r} ({memfd.npages} pages)", errno="EINVAL")
+        if not {MemfdFlag.MMAP, MemfdFlag.INIT_SHARED} <= memfd.flags:
+            raise PrivatePage(
+                f"memfd {memfd_id!r} was not created with mmap and init_shared: its pages are private to the guest"
+            )
+        for slot, gfn, _ in self.bindings_of(memfd_id, pgoff, pgoff + 1):
+            if self.attributes.get(gfn) is Attribute.PRIVATE:
+                raise PrivatePage(
+                    f"page {pgoff} of memfd {memfd_id!r} backs gpa {to_bytes(gfn):#x} (memslot {slot.slot}), "
+                    "which is private",
+                    gpa=to_bytes(gfn),
+                )
+        return memfd.population.get(pgoff) is not None
 
     # -- views -----------------------------------------------------------------------------------
 

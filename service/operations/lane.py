@@ -26,6 +26,7 @@ class Job:
     change: Change
     status_code: int = 200
     new_vm: Vm | None = None
+    allowed_when_lost: bool = False  # the few mutations a VM whose kernel objects are gone still takes
     done: bool = False
     outcome: Outcome | None = None
     error: BaseException | None = None

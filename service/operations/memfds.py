@@ -40,9 +40,10 @@ def create_memslot(
     if offset % PAGE_SIZE:
         to_pages(offset, size, what="memslot offset")
     pgoff = offset // PAGE_SIZE
+    max_gpa = broker.backend.host_info().max_gpa
 
     def change(vm: Vm, now: datetime, op_id: str) -> tuple[dict[str, Any], list[fx.Effect]]:
-        memslot, effects = vm.create_memslot(slot, gfn, gfn_end, memfd_id, pgoff, now)
+        memslot, effects = vm.create_memslot(slot, gfn, gfn_end, memfd_id, pgoff, now, max_gpa=max_gpa)
         return {**memslot_view(memslot), "operation_id": op_id, "generation": vm.generation}, effects
 
     request = {"slot": slot, "gpa": gpa, "size": size, "memfd_id": memfd_id, "offset": offset}

@@ -83,9 +83,10 @@ def plan(
     *,
     status_code: int = 200,
     new_vm: Vm | None = None,
+    allowed_when_lost: bool = False,
 ) -> Job:
     """A mutation of one VM, ready to run; ``new_vm`` when the mutation creates it."""
-    return Job(vm_id, kind, request, meta, change, status_code, new_vm)
+    return Job(vm_id, kind, request, meta, change, status_code, new_vm, allowed_when_lost)
 
 
 def run(broker: Broker, job: Job) -> Outcome:
@@ -329,6 +330,8 @@ def _stage(broker: Broker, vm_id: str, job: Job) -> _Staged | Outcome:
     if replay is not None:
         return replay
     vm = job.new_vm if job.new_vm is not None else broker.vm(vm_id)
+    if not job.allowed_when_lost:
+        vm.require_not_lost()
     check_if_match(vm, job.meta.if_match)
     now = broker.clock()
     op_id = new_id("op")

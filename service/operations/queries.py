@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import base64
 from dataclasses import asdict
 from typing import Any
 
 from ..domain.errors import InvalidCursor, OutOfRange
-from ..domain.model import memfd_extents
+from ..domain.model import VmState, memfd_extents
 from ..domain.units import PAGE_SIZE, to_bytes, to_pages
 from .broker import Broker
 from .views import memfd_view, memslot_view, vm_view
@@ -142,6 +143,7 @@ def host(broker: Broker) -> dict[str, Any]:
     return {
         "backend": info.backend,
         "page_size": info.page_size,
+        "max_gpa": info.max_gpa,
         "vm_types": info.vm_types,
         "memfd_flags": info.memfd_flags,
         "capabilities": info.capabilities,
@@ -151,6 +153,32 @@ def host(broker: Broker) -> dict[str, Any]:
             "total_pages": sum(n.total_pages for n in info.numa_nodes),
             "free_pages": sum(n.free_pages for n in info.numa_nodes),
         },
-        "vms": {"total": len(vms), "pending_replay": len(broker.needs_replay)},
+        "kernel": info.details,
+        "vms": {
+            "total": len(vms),
+            "pending_replay": len(broker.needs_replay),
+            "lost": sum(vm.state is VmState.LOST for vm in vms),
+        },
         "reconcile": broker.reconcile_report,
+    }
+
+
+def read_page(broker: Broker, vm_id: str, memfd_id: str, pgoff: int) -> dict[str, Any]:
+    """One shared page of an mmap + init_shared memfd, read through the backend's mapping."""
+    with broker.locked(vm_id):
+        vm = broker.vm(vm_id)
+        vm.require_not_lost()
+        allocated = vm.readable_page(memfd_id, pgoff)
+        data = broker.backend.read_page(vm_id, memfd_id, pgoff)
+        if not allocated:
+            # Touching a hole through a mapping faults a page in; give it back so a read changes nothing.
+            broker.backend.punch_hole(vm_id, memfd_id, pgoff, 1)
+        generation = vm.generation
+    return {
+        "memfd_id": memfd_id,
+        "pgoff": pgoff,
+        "offset": to_bytes(pgoff),
+        "allocated": allocated,
+        "data": base64.b64encode(data).decode("ascii"),
+        "generation": generation,
     }

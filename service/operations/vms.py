@@ -56,4 +56,14 @@ def delete_vm(broker: Broker, vm_id: str, *, force: bool, meta: RequestMeta) -> 
         effects = vm.delete(force=force, now=now)
         return {"operation_id": op_id, "generation": vm.generation, "released": released}, effects
 
-    return plan(vm_id, "delete-vm", {"force": force}, meta, change)
+    return plan(vm_id, "delete-vm", {"force": force}, meta, change, allowed_when_lost=True)
+
+
+def mark_lost(broker: Broker, vm_id: str) -> Outcome:
+    """Record that the backend no longer holds the VM (a restart closed its fds)."""
+
+    def change(vm: Vm, now: datetime, op_id: str) -> tuple[dict[str, Any], list[fx.Effect]]:
+        vm.mark_lost(now)
+        return vm_view(vm), []
+
+    return run(broker, plan(vm_id, "mark-lost", {}, RequestMeta(), change, allowed_when_lost=True))

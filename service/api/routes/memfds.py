@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Path, Query
 from fastapi.responses import JSONResponse
 
-from ...operations import memfds, population, queries
+from ...operations import handoff, memfds, population, queries
 from ...operations.mutation import submit
 from .. import schemas
-from ..deps import BrokerDep, MutatingDep, respond, with_etag
+from ..deps import BrokerDep, HandoffDep, MutatingDep, respond, with_etag
 from ..problems import responses
 
 router = APIRouter(prefix="/v1/vms/{vm_id}/memfds", tags=["memfds"])
@@ -133,3 +133,35 @@ def memfd_extents(
 ) -> JSONResponse:
     body = queries.memfd_extents_page(broker, vm_id, memfd_id, start=start, end=end, limit=limit, cursor=cursor)
     return with_etag(body, body["generation"])
+
+
+@router.get(
+    "/{memfd_id}/pages/{pgoff}",
+    response_model=schemas.Page,
+    summary="Read one shared page (debugging)",
+    description="Reads page `pgoff` of an `mmap` + `init_shared` memfd through a mapping, as base64. Private "
+    "pages are refused (`private-page`): the host touching one gets SIGBUS. Reading a hole returns zeros and "
+    "leaves it a hole.",
+    responses=responses("not-found", "out-of-range", "private-page", "vm-lost", "not-supported-by-kernel"),
+)
+def read_page(
+    vm_id: str, memfd_id: str, pgoff: Annotated[int, Path(ge=0, le=(1 << 52))], broker: BrokerDep
+) -> JSONResponse:
+    body = queries.read_page(broker, vm_id, memfd_id, pgoff)
+    return with_etag(body, body["generation"])
+
+
+@router.post(
+    "/{memfd_id}/export",
+    status_code=201,
+    response_model=schemas.ExportTicket,
+    summary="Issue a ticket to fetch the memfd's fd over the hand-off socket",
+    description="The ticket is single use and expires after 60 s. Present it on the Unix socket named in the "
+    "answer (`REDEEM <ticket>`; `service.client.handoff.fetch_memfd` does it): the fd comes back by SCM_RIGHTS, "
+    "good for fallocate and mmap.",
+    responses=responses(
+        "not-found", "vm-lost", "not-supported-by-kernel", "precondition-failed", "idempotency-key-reused"
+    ),
+)
+def export_memfd(vm_id: str, memfd_id: str, hand_off: HandoffDep, m: MutatingDep) -> JSONResponse:
+    return respond(handoff.export_memfd(m.broker, hand_off.tickets, vm_id, memfd_id, hand_off.path, m.meta))

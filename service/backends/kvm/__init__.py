@@ -1,0 +1,1 @@
+"""The ``kvm`` backend: real guest_memfds on /dev/kvm."""

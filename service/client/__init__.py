@@ -1,0 +1,1 @@
+"""Client-side helpers for programs that talk to gmem-broker."""
