@@ -188,6 +188,8 @@ def mutate(
             uow.commit()
         if changes.deleted:
             broker.forget(vm_id)
+        for observe in broker.observers:
+            observe(kind, body)
         return Outcome(status_code, body, None if changes.deleted else vm.generation)
 
 

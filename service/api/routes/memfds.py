@@ -9,6 +9,7 @@ from fastapi.responses import JSONResponse
 
 from ...operations import memfds, population, queries
 from .. import schemas
+from ..auth import ADMIN, PrincipalDep, require
 from ..deps import BrokerDep, MetaDep, respond, with_etag
 from ..problems import responses
 
@@ -80,7 +81,8 @@ def allocate(vm_id: str, memfd_id: str, body: schemas.ByteRange, broker: BrokerD
     response_model=schemas.Punched,
     summary="Free private backing (fallocate PUNCH_HOLE|KEEP_SIZE)",
     description="Refused with `private-in-use` when it would free allocated private pages of a running VM, "
-    "unless `allow_private` is true. Ranges past the end of the memfd are refused (`out-of-range`).",
+    "unless `allow_private` is true, which needs the `admin` scope. Ranges past the end of the memfd are "
+    "refused (`out-of-range`).",
     responses=responses(
         "not-found",
         "unaligned",
@@ -91,7 +93,11 @@ def allocate(vm_id: str, memfd_id: str, body: schemas.ByteRange, broker: BrokerD
         "idempotency-key-reused",
     ),
 )
-def punch_hole(vm_id: str, memfd_id: str, body: schemas.PunchHole, broker: BrokerDep, meta: MetaDep) -> JSONResponse:
+def punch_hole(
+    vm_id: str, memfd_id: str, body: schemas.PunchHole, broker: BrokerDep, meta: MetaDep, who: PrincipalDep
+) -> JSONResponse:
+    if body.allow_private:
+        require(who, ADMIN, "punch-hole with allow_private=true")
     return respond(
         population.punch_hole(
             broker, vm_id, memfd_id, offset=body.offset, length=body.length, allow_private=body.allow_private, meta=meta
