@@ -78,9 +78,9 @@ def create_app(
     for module in (vms, memfds, memslots, memory, system, metrics):
         app.include_router(module.router)
     problems.install(app)
-    # Middleware added last runs first: request id, metrics (and access log), body limit, then the token check.
-    auth.install(app, tokens)
+    # Middleware added last runs first: request id, metrics (and access log), the token check, the body limit.
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    auth.install(app, tokens)
     app.add_middleware(metrics.HttpMetricsMiddleware, metrics=observed, access_log=settings.access_log)
     app.add_middleware(RequestIdMiddleware)
     return app

@@ -152,7 +152,11 @@ class AuthMiddleware:
         if scope["type"] != "http" or is_open(scope["path"]):
             await self.app(scope, receive, send)
             return
-        header = next((v for k, v in scope["headers"] if k == b"authorization"), None)
+        header = None
+        for key, value in scope["headers"]:
+            if key == b"authorization":
+                header = value
+                break
         if header is None or header[:7].lower() != b"bearer ":
             await send_problem(scope, send, "unauthorized", "no bearer token", [(b"www-authenticate", REALM.encode())])
             return
