@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import signal
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -64,12 +65,19 @@ def serve(
         uvicorn.run(app, host=bind_host, port=port, log_level=settings.log_level, access_log=False, log_config=None)
         return
     config = uvicorn.Config(app, log_level=settings.log_level, access_log=False, log_config=None)
+    # uvicorn re-raises the SIGTERM it caught once it has shut down; exiting through Python instead
+    # lets the listener remove its socket file.
+    signal.signal(signal.SIGTERM, _exit_on_signal)
     try:
         with unix_listener(uds) as sock:
             uvicorn.Server(config).run(sockets=[sock])
     except SocketPathInUse as exc:
         typer.echo(f"gmem-broker: refusing to start: {exc}", err=True)
         raise typer.Exit(2) from exc
+
+
+def _exit_on_signal(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)
 
 
 @db.command("upgrade")

@@ -12,7 +12,13 @@ from typing import Any, Literal
 # Set by the request-id middleware; Starlette runs sync routes in threads that copy the context.
 request_id_var: ContextVar[str | None] = ContextVar("request_id", default=None)
 
-_RESERVED = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime", "request_id"}
+# LogRecord's own attributes; what else a record carries came from ``extra=`` and goes into the JSON.
+_RESERVED = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {
+    "message",
+    "asctime",
+    "request_id",
+    "color_message",  # uvicorn's ANSI-coloured duplicate of the message
+}
 
 
 class RequestIdFilter(logging.Filter):

@@ -161,6 +161,8 @@ VM_GAUGES = (
     ("allocated_shared_pages", "Allocated pages of the VM's shared backing"),
     ("extents", "Extents held for the VM (attribute, shared backing and memfd population maps)"),
 )
+PENDING, PENDING_DOC = f"{NAMESPACE}_journal_pending_operations", "Journalled operations not yet applied"
+AWAITING, AWAITING_DOC = f"{NAMESPACE}_vms_awaiting_replay", "VMs with an operation to replay before the next mutation"
 
 
 class BrokerCollector(Collector):
@@ -169,10 +171,19 @@ class BrokerCollector(Collector):
     def __init__(self, broker: Broker) -> None:
         self.broker = broker
 
-    def collect(self) -> Iterator[Metric]:
-        families = {
+    def describe(self) -> Iterator[Metric]:
+        # Names only: registering must not read the database or take VM locks.
+        yield from self._vm_families().values()
+        yield GaugeMetricFamily(PENDING, PENDING_DOC)
+        yield GaugeMetricFamily(AWAITING, AWAITING_DOC)
+
+    def _vm_families(self) -> dict[str, GaugeMetricFamily]:
+        return {
             key: GaugeMetricFamily(f"{NAMESPACE}_vm_{key}", doc, labels=["vm_id", "vm_name"]) for key, doc in VM_GAUGES
         }
+
+    def collect(self) -> Iterator[Metric]:
+        families = self._vm_families()
         for vm in self.broker.vms():
             # The VM's lock keeps a concurrent mutation from changing the extent maps mid-count.
             with self.broker.locked(vm.id):
@@ -182,13 +193,8 @@ class BrokerCollector(Collector):
         yield from families.values()
         with self.broker.uow() as uow:
             pending = len(uow.journal.pending())
-        yield GaugeMetricFamily(
-            f"{NAMESPACE}_journal_pending_operations", "Journalled operations not yet applied", value=pending
-        )
-        yield GaugeMetricFamily(
-            f"{NAMESPACE}_vms_awaiting_replay", "VMs with an operation to replay before their next mutation",
-            value=len(self.broker.needs_replay),
-        )  # fmt: skip
+        yield GaugeMetricFamily(PENDING, PENDING_DOC, value=pending)
+        yield GaugeMetricFamily(AWAITING, AWAITING_DOC, value=len(self.broker.needs_replay))
 
 
 router = APIRouter()

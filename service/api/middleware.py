@@ -24,7 +24,7 @@ _SERIAL = itertools.count(1)
 
 
 def made_request_id() -> str:
-    return f"{_PREFIX}{next(_SERIAL):012x}"
+    return f"{_PREFIX}{next(_SERIAL):020x}"
 
 
 class RequestIdMiddleware:

@@ -181,7 +181,14 @@ def _http_error(request: Request, exc: Exception) -> JSONResponse:
 
 def _unexpected(request: Request, exc: Exception) -> JSONResponse:
     request_id = getattr(request.state, "request_id", None)
-    log.exception("unhandled error in %s %s (request %s)", request.method, request.url.path, request_id)
+    # Logged outside the request-id middleware (Starlette's error middleware wraps it), so name the id here.
+    log.exception(
+        "unhandled error in %s %s (request %s)",
+        request.method,
+        request.url.path,
+        request_id,
+        extra={"request_id": request_id},
+    )
     return problem_response(request, "internal-error", f"unexpected error; request id {request_id}")
 
 
