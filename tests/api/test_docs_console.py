@@ -38,17 +38,25 @@ pytestmark = pytest.mark.skipif(
 )
 
 
-@pytest.fixture(scope="module")
-def broker_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+TOKEN = "docs-console-writer-0123456789"
+Broker = tuple[str, str | None]  # its URL, and the token the console needs (None: no tokens configured)
+
+
+@pytest.fixture(scope="module", params=["open", "tokens"])
+def broker(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Broker]:
+    """The broker as on loopback without tokens, and with a write token the console must be given."""
     url = f"sqlite:///{tmp_path_factory.mktemp('docs') / 'broker.db'}"
     upgrade(url)
-    with RunningServer(make_app(url)) as running:
-        yield running.url
+    token = TOKEN if request.param == "tokens" else None
+    app = make_app(url, tokens=f"{TOKEN} write") if token else make_app(url)
+    with RunningServer(app) as running:
+        yield running.url, token
 
 
-def test_swagger_ui_renders_every_tag_and_creates_a_vm(broker_url: str, tmp_path: Path) -> None:
+def test_swagger_ui_renders_every_tag_and_creates_a_vm(broker: Broker, tmp_path: Path) -> None:
     from playwright.sync_api import sync_playwright
 
+    broker_url, token = broker
     schema = ok(httpx.get(f"{broker_url}/openapi.json"))
     tags = {tag for item in schema["paths"].values() for op in item.values() for tag in op.get("tags", [])}
     name = f"vm-browser-{uuid.uuid4().hex[:8]}"
@@ -64,6 +72,11 @@ def test_swagger_ui_renders_every_tag_and_creates_a_vm(broker_url: str, tmp_path
             page.wait_for_selector(".swagger-ui .opblock-tag", timeout=30_000)
             shown = set(page.locator(".opblock-tag").evaluate_all("els => els.map(e => e.dataset.tag)"))
             assert shown == tags
+            if token is not None:
+                page.locator(".auth-wrapper button.authorize").click()
+                page.locator(".auth-container input").first.fill(token)
+                page.locator(".auth-btn-wrapper button.authorize").click()
+                page.locator(".auth-btn-wrapper button.btn-done").click()
 
             block = page.locator("#operations-vms-create_vm")
             block.locator(".opblock-summary").click()
@@ -77,10 +90,12 @@ def test_swagger_ui_renders_every_tag_and_creates_a_vm(broker_url: str, tmp_path
             context.close()
     assert requested, "the browser made no request"
     assert all(url.startswith(broker_url) for url in requested), [u for u in requested if not u.startswith(broker_url)]
-    assert name in {vm["name"] for vm in ok(httpx.get(f"{broker_url}/v1/vms"))["items"]}
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    assert name in {vm["name"] for vm in ok(httpx.get(f"{broker_url}/v1/vms", headers=headers))["items"]}
 
 
-def test_redoc_and_the_assets_are_served_by_the_broker(broker_url: str) -> None:
+def test_redoc_and_the_assets_are_served_by_the_broker(broker: Broker) -> None:
+    broker_url, _ = broker
     redoc = httpx.get(f"{broker_url}/redoc")
     assert redoc.status_code == 200
     for asset in ("swagger-ui-bundle.js", "swagger-ui.css", "redoc.standalone.js"):
