@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import logging
+
 import httpx
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from service.backends.sim import SimBackend
+from service.logs import RequestIdFilter
 
 from ..conftest import RunningServer, make_app
 from .helpers import BASE_GPA, MIB, PAGE, guest, ok, problem
@@ -100,7 +104,8 @@ def test_per_vm_gauges_follow_the_extent_map(client: httpx.Client) -> None:
     assert gauge("extents") == 2 + 1 + 1
 
 
-def test_journal_pending_count(fresh_db_url: str) -> None:
+def test_journal_pending_count(fresh_db_url: str, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.handler.addFilter(RequestIdFilter())
     backend = SimBackend()
     with RunningServer(make_app(fresh_db_url, backend)) as server, httpx.Client(base_url=server.url) as c:
         vm_id, memfd_id = guest(c, MIB)
@@ -108,7 +113,12 @@ def test_journal_pending_count(fresh_db_url: str) -> None:
         assert value(scrape(c), "gmem_broker_journal_pending_operations") == 0
         backend.inject_fault("punch_hole", "EIO")
         convert = {"ranges": [{"gpa": BASE_GPA, "size": 16 * PAGE, "to": "shared"}]}
-        problem(c.post(f"/v1/vms/{vm_id}/convert", json=convert), 503, "replay-pending")
+        with caplog.at_level(logging.ERROR, logger="gmem_broker"):
+            resp = c.post(f"/v1/vms/{vm_id}/convert", json=convert, headers={"X-Request-ID": "req-pending"})
+        problem(resp, 503, "replay-pending")
+        # logged by the operations layer in a worker thread, yet carrying the request's id
+        failed = [r for r in caplog.records if "backend failed after" in r.getMessage()]
+        assert [getattr(r, "request_id", None) for r in failed] == ["req-pending"]
         samples = scrape(c)
         assert value(samples, "gmem_broker_journal_pending_operations") == 1
         assert value(samples, "gmem_broker_vms_awaiting_replay") == 1
