@@ -20,7 +20,7 @@ class Settings(BaseSettings):
     port: int = Field(8000, ge=0, le=65535)
     log_level: str = "info"
     log_format: Literal["text", "json"] = Field("text", description="json: one JSON object per log line")
-    access_log: bool = Field(False, description="log one line per request (costs about 15 us a request)")
+    access_log: bool = Field(False, description="log one line per request (measured: about 20 us a request as JSON)")
     tokens: SecretStr | None = Field(
         None, description="bearer tokens: `token scope[ scope]` entries separated by newlines or ';'"
     )

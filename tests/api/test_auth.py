@@ -230,3 +230,15 @@ class TestExposure:
 
     def test_a_unix_socket_may_go_without_tokens(self) -> None:
         assert exposure_problem(None, None) is None
+
+
+def test_every_problem_type_has_a_page_without_a_token(broker_url: str) -> None:
+    from service.api.problems import CATALOGUE
+
+    for code, kind in CATALOGUE.items():
+        doc = ok(httpx.get(f"{broker_url}/problems/{code}"))
+        assert doc["type"] == f"/problems/{code}"
+        assert (doc["title"], doc["status"], doc["description"]) == (kind.title, kind.status, kind.description)
+        html = httpx.get(f"{broker_url}/problems/{code}", headers={"Accept": "text/html"})
+        assert html.headers["content-type"].startswith("text/html")
+        assert f"<h1>{kind.title}</h1>" in html.text
