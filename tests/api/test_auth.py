@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
+from html import escape
 
 import httpx
 import pytest
@@ -241,4 +242,5 @@ def test_every_problem_type_has_a_page_without_a_token(broker_url: str) -> None:
         assert (doc["title"], doc["status"], doc["description"]) == (kind.title, kind.status, kind.description)
         html = httpx.get(f"{broker_url}/problems/{code}", headers={"Accept": "text/html"})
         assert html.headers["content-type"].startswith("text/html")
-        assert f"<h1>{kind.title}</h1>" in html.text
+        assert f"<h1>{escape(kind.title)}</h1><p>" in html.text
+        assert f"<p>{escape(kind.description)}</p>" in html.text
