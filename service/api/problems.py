@@ -103,6 +103,11 @@ CATALOGUE: dict[str, ProblemType] = {
     "ticket-used": ProblemType(403, "Ticket used", "An export ticket is good for one fd only."),
     "ticket-expired": ProblemType(403, "Ticket expired", "Export tickets are valid for 60 seconds."),
     "validation-error": ProblemType(422, "Invalid request", "The request does not match the schema."),
+    "unauthorized": ProblemType(
+        401, "Unauthorized", "The request needs an `Authorization: Bearer <token>` header with a known token."
+    ),
+    "forbidden": ProblemType(403, "Forbidden", "The token lacks the scope this request needs (read, write, or admin)."),
+    "payload-too-large": ProblemType(413, "Payload too large", "The request body is larger than the configured limit."),
     "method-not-allowed": ProblemType(405, "Method not allowed", "The resource does not support this method."),
     "http-error": ProblemType(400, "HTTP error", "The request could not be served."),
     "not-ready": ProblemType(503, "Not ready", "The service has not finished start-up recovery."),
@@ -128,22 +133,36 @@ def problem_uri(code: str) -> str:
     return f"/problems/{code}"
 
 
-def problem_response(
-    request: Request, code: str, detail: str, *, status: int | None = None, **extra: Any
-) -> JSONResponse:
+def problem_body(
+    code: str, detail: str, *, instance: str, request_id: str | None, status: int | None = None, **extra: Any
+) -> dict[str, Any]:
     kind = CATALOGUE.get(code, CATALOGUE["conflict"])
-    status = status or kind.status
     body: dict[str, Any] = {
         "type": problem_uri(code),
         "title": kind.title,
-        "status": status,
+        "status": status or kind.status,
         "detail": detail,
-        "instance": request.url.path,
-        "request_id": getattr(request.state, "request_id", None),
+        "instance": instance,
+        "request_id": request_id,
     }
     body.update({k: v for k, v in extra.items() if v is not None})
-    headers = {"Allow": extra["allow"]} if extra.get("allow") else None
-    return JSONResponse(body, status_code=status, media_type=PROBLEM_JSON, headers=headers)
+    return body
+
+
+def problem_response(
+    request: Request,
+    code: str,
+    detail: str,
+    *,
+    status: int | None = None,
+    headers: dict[str, str] | None = None,
+    **extra: Any,
+) -> JSONResponse:
+    request_id = getattr(request.state, "request_id", None)
+    body = problem_body(code, detail, instance=request.url.path, request_id=request_id, status=status, **extra)
+    if extra.get("allow"):
+        headers = {**(headers or {}), "Allow": extra["allow"]}
+    return JSONResponse(body, status_code=body["status"], media_type=PROBLEM_JSON, headers=headers)
 
 
 def _domain_error(request: Request, exc: Exception) -> JSONResponse:
@@ -166,14 +185,21 @@ def _validation_error(request: Request, exc: Exception) -> JSONResponse:
 
 def _http_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
-    code = {404: "not-found", 405: "method-not-allowed"}.get(exc.status_code, "http-error")
+    code = {404: "not-found", 405: "method-not-allowed", 413: "payload-too-large"}.get(exc.status_code, "http-error")
     allow = (exc.headers or {}).get("Allow")
     return problem_response(request, code, str(exc.detail), status=exc.status_code, allow=allow)
 
 
 def _unexpected(request: Request, exc: Exception) -> JSONResponse:
     request_id = getattr(request.state, "request_id", None)
-    log.exception("unhandled error in %s %s (request %s)", request.method, request.url.path, request_id)
+    # Logged outside the request-id middleware (Starlette's error middleware wraps it), so name the id here.
+    log.exception(
+        "unhandled error in %s %s (request %s)",
+        request.method,
+        request.url.path,
+        request_id,
+        extra={"request_id": request_id},
+    )
     return problem_response(request, "internal-error", f"unexpected error; request id {request_id}")
 
 

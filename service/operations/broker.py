@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
+from typing import Any
 
 from ..backends.protocol import MemoryBackend
 from ..domain import effects as fx
@@ -62,6 +63,8 @@ class Broker:
         self.needs_replay: set[str] = set()
         self.ready = False
         self.reconcile_report: list[str] = []
+        # Told (kind, response body) of each applied operation: the metrics' hook, kept out of the domain.
+        self.observers: list[Callable[[str, dict[str, Any]], None]] = []
 
     def lane(self, vm_id: str) -> tuple[Lane, threading.Lock]:
         """A VM's queue of mutations and the lock that serializes them; other VMs proceed in parallel."""

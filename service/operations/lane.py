@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextvars
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -30,6 +31,8 @@ class Job:
     done: bool = False
     outcome: Outcome | None = None
     error: BaseException | None = None
+    # The request's context (its request id, for logs), whichever thread runs the batch.
+    context: contextvars.Context = field(default_factory=contextvars.copy_context)
     # Called, from whichever thread ran the batch, once the job is done: how an awaiting request learns.
     notify: Callable[[], object] | None = None
 

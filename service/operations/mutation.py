@@ -278,13 +278,16 @@ class _Batch:
             if s.changes.deleted:
                 self.broker.forget(self.vm_id)
             self._answer(s.job, s.outcome())
+            for observe in self.broker.observers:
+                observe(s.job.kind, s.body)
 
     def _leave_pending(self, k: int, err: BaseException, detail: str | None) -> None:
         """Mutation k failed part-way: k.. stay pending, to be replayed in journal order, and say so."""
         staged = self.staged
         failed = staged[k]
         self.broker.needs_replay.add(self.vm_id)
-        log.error("operation %s: backend failed part-way: %s", failed.op.id, err)
+        # Logged in the failed request's context, so the record carries its request id.
+        failed.job.context.run(log.error, "operation %s: %s", failed.op.id, detail or err)
         self._mark_applied(staged[:k])
         if detail is None:
             self._answer(failed.job, error=err)

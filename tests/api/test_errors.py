@@ -53,6 +53,9 @@ def test_request_id_is_echoed_and_in_problems(client: httpx.Client) -> None:
     assert resp.json()["request_id"] == "trace-42"
     made = client.get("/healthz").headers["x-request-id"]
     assert len(made) == 32
+    assert client.get("/healthz").headers["x-request-id"] != made
+    # an unsafe id is replaced by a made one
+    assert client.get("/healthz", headers={"X-Request-ID": "a b"}).headers["x-request-id"] != "a b"
 
 
 def test_unexpected_exception_is_a_500_problem_without_trace(db_url: str, caplog: pytest.LogCaptureFixture) -> None:
@@ -72,7 +75,7 @@ def test_unexpected_exception_is_a_500_problem_without_trace(db_url: str, caplog
     assert "secret internals" not in resp.text
     assert "Traceback" not in resp.text
     assert doc["request_id"] == "req-500"
-    assert any("req-500" in r.getMessage() for r in caplog.records)
+    assert any("req-500" in r.getMessage() and getattr(r, "request_id", None) == "req-500" for r in caplog.records)
 
 
 def test_problem_pages(client: httpx.Client) -> None:

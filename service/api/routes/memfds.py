@@ -10,6 +10,7 @@ from fastapi.responses import JSONResponse
 from ...operations import handoff, memfds, population, queries
 from ...operations.mutation import submit
 from .. import schemas
+from ..auth import ADMIN, PrincipalDep, require
 from ..deps import BrokerDep, HandoffDep, MutatingDep, respond, with_etag
 from ..problems import responses
 
@@ -88,7 +89,8 @@ async def allocate(vm_id: str, memfd_id: str, body: schemas.ByteRange, m: Mutati
     response_model=schemas.Punched,
     summary="Free private backing (fallocate PUNCH_HOLE|KEEP_SIZE)",
     description="Refused with `private-in-use` when it would free allocated private pages of a running VM, "
-    "unless `allow_private` is true. Ranges past the end of the memfd are refused (`out-of-range`).",
+    "unless `allow_private` is true, which needs the `admin` scope. Ranges past the end of the memfd are "
+    "refused (`out-of-range`).",
     responses=responses(
         "not-found",
         "unaligned",
@@ -99,7 +101,11 @@ async def allocate(vm_id: str, memfd_id: str, body: schemas.ByteRange, m: Mutati
         "idempotency-key-reused",
     ),
 )
-async def punch_hole(vm_id: str, memfd_id: str, body: schemas.PunchHole, m: MutatingDep) -> JSONResponse:
+async def punch_hole(
+    vm_id: str, memfd_id: str, body: schemas.PunchHole, m: MutatingDep, who: PrincipalDep
+) -> JSONResponse:
+    if body.allow_private:
+        require(who, ADMIN, "punch-hole with allow_private=true")
     return respond(
         await submit(
             m.broker,
@@ -158,10 +164,12 @@ def read_page(
     summary="Issue a ticket to fetch the memfd's fd over the hand-off socket",
     description="The ticket is single use and expires after 60 s. Present it on the Unix socket named in the "
     "answer (`REDEEM <ticket>`; `service.client.handoff.fetch_memfd` does it): the fd comes back by SCM_RIGHTS, "
-    "good for fallocate and mmap.",
+    "good for fallocate and mmap. Needs the `admin` scope: the fd gives full control of the memory.",
+    openapi_extra={"x-required-scope": "admin"},
     responses=responses(
         "not-found", "vm-lost", "not-supported-by-kernel", "precondition-failed", "idempotency-key-reused"
     ),
 )
-def export_memfd(vm_id: str, memfd_id: str, hand_off: HandoffDep, m: MutatingDep) -> JSONResponse:
+def export_memfd(vm_id: str, memfd_id: str, hand_off: HandoffDep, m: MutatingDep, who: PrincipalDep) -> JSONResponse:
+    require(who, ADMIN, "export of a memfd's fd")
     return respond(handoff.export_memfd(m.broker, hand_off.tickets, vm_id, memfd_id, hand_off.path, m.meta))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from html import escape
+
 from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, JSONResponse
 from sqlalchemy import text
@@ -60,9 +62,10 @@ def problem_page(code: str, request: Request) -> HTMLResponse | JSONResponse:
     if kind is None:
         return problem_response(request, "not-found", f"no problem type {code!r}")
     if "text/html" in request.headers.get("accept", ""):
+        title, description = escape(kind.title), escape(kind.description)
         return HTMLResponse(
-            f"<!doctype html><title>{kind.title}</title><h1>{kind.title}</h1>"
-            f"<p>HTTP {kind.status} &middot; <code>{problem_uri(code)}</code></p><p>{kind.description}</p>"
+            f"<!doctype html><title>{title}</title><h1>{title}</h1>"
+            f"<p>HTTP {kind.status} &middot; <code>{problem_uri(code)}</code></p><p>{description}</p>"
         )
     return JSONResponse(
         {"type": problem_uri(code), "title": kind.title, "status": kind.status, "description": kind.description}
