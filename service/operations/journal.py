@@ -121,11 +121,16 @@ def mutate(
 ) -> Outcome:
     """Run one mutation of one VM under its lock; ``new_vm`` when the mutation creates it."""
     with broker.locked(vm_id):
+        # Replay first: a client retrying the request that left an operation pending must get its
+        # stored answer only once the backend has caught up with it.
+        if vm_id in broker.needs_replay:
+            try:
+                replay_pending(broker, vm_id)
+            except BackendError as err:
+                raise ReplayPending(f"VM {vm_id!r} has a pending operation the backend refused again: {err}") from err
         replay = stored_replay(broker, meta)
         if replay is not None:
             return replay
-        if vm_id in broker.needs_replay:
-            replay_pending(broker, vm_id)
         vm = new_vm if new_vm is not None else broker.vm(vm_id)
         check_if_match(vm, meta.if_match)
         now = broker.clock()

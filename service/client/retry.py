@@ -1,0 +1,87 @@
+"""What the sync and async clients share: where to connect, headers, and when to try again.
+
+A mutation carries an ``Idempotency-Key`` made once per call and sent unchanged on every retry: if
+the broker applied the first attempt but the answer was lost, the retry gets the stored answer
+instead of applying the change twice.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import httpx
+
+from .calls import Call
+from .errors import ProblemError
+
+DEFAULT_URL = "http://127.0.0.1:8000"
+URL_ENV = "GMEM_BROKER_URL"
+TOKEN_ENV = "GMEM_BROKER_TOKEN"
+T = TypeVar("T")
+
+# 503: replay-pending or not-ready; 502/504: a proxy in front could not reach the broker. A retry
+# with the same key is safe for every one of them.
+RETRY_STATUSES = frozenset({502, 503, 504})
+# Failures after which the request may or may not have reached the broker.
+RETRY_ERRORS = (httpx.TransportError,)
+
+
+@dataclass(frozen=True, slots=True)
+class Options:
+    url: str
+    token: str | None
+    timeout: float
+    retries: int
+    backoff: float
+
+    @classmethod
+    def resolve(cls, url: str | None, token: str | None, *, timeout: float, retries: int, backoff: float) -> Options:
+        """Arguments first, then ``GMEM_BROKER_URL`` / ``GMEM_BROKER_TOKEN``, then the default URL."""
+        if retries < 0:
+            raise ValueError("retries must be >= 0")
+        return cls(
+            url=(url or os.environ.get(URL_ENV) or DEFAULT_URL).rstrip("/"),
+            token=token if token is not None else os.environ.get(TOKEN_ENV) or None,
+            timeout=timeout,
+            retries=retries,
+            backoff=backoff,
+        )
+
+    def client_kwargs(self) -> dict[str, Any]:
+        headers = {"Accept": "application/json"}
+        if self.token:
+            headers["Authorization"] = f"Bearer {self.token}"
+        return {"base_url": self.url, "timeout": self.timeout, "headers": headers}
+
+    def delay(self, attempt: int) -> float:
+        """Seconds to wait before retry number ``attempt`` (1, 2, ...): exponential backoff."""
+        return float(self.backoff * (2 ** (attempt - 1)))
+
+
+def request_headers(call: Call[Any], idempotency_key: str | None, if_match: str | None) -> dict[str, str]:
+    headers: dict[str, str] = {}
+    if call.mutating:
+        headers["Idempotency-Key"] = idempotency_key or f"gmemc-{uuid.uuid4().hex}"
+    if if_match is not None:
+        headers["If-Match"] = if_match
+    return headers
+
+
+def request_kwargs(call: Call[Any], headers: dict[str, str]) -> dict[str, Any]:
+    kwargs: dict[str, Any] = {"params": dict(call.params), "headers": headers}
+    if call.json is not None:
+        kwargs["json"] = call.json
+    return kwargs
+
+
+def should_retry(response: httpx.Response) -> bool:
+    return response.status_code in RETRY_STATUSES
+
+
+def decode(call: Call[T], response: httpx.Response) -> T:
+    if response.is_error:
+        raise ProblemError.from_response(response)
+    return call.decode(response.json())
