@@ -5,7 +5,6 @@ from __future__ import annotations
 import secrets
 
 import typer
-from rich.rule import Rule
 
 from ..client import ProblemError
 from .extent_map import compact_map
@@ -44,7 +43,7 @@ class Teller:
 
     def step(self, text: str) -> None:
         self.n += 1
-        self.s.out.print(Rule(f"[bold]{self.n}. {text}", align="left"))
+        self.s.out.print(f"\n[bold]{self.n}. {text}[/]")
 
     def say(self, text: str) -> None:
         self.s.out.print(f"   {text}", highlight=False, markup=False)

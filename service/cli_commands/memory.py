@@ -9,16 +9,15 @@ import typer
 
 from ..client import models
 from .batches import in_batches, read_rows, size_at
-from .session import Json, Session, Size, Url, fields, session, table
+from .session import Json, Session, Size, Url, VmId, fields, session, table
 from .sizes import format_size, size_value
 
 memfd_app = typer.Typer(help="guest_memfds: create, list, show, delete.", no_args_is_help=True)
 memslot_app = typer.Typer(help="memslots: bind gpa ranges to memfd offsets.", no_args_is_help=True)
 
-VmId = Annotated[str, typer.Argument(help="the VM's id")]
-MemfdId = Annotated[str, typer.Argument(help="the memfd's id")]
+MemfdId = Annotated[str, typer.Argument(metavar="MEMFD", help="the memfd's id")]
 Offset = Annotated[int, typer.Option(parser=size_value, help="byte offset in the memfd")]
-Gpa = Annotated[int, typer.Argument(parser=size_value, help="guest physical address: 0x100000000, 4G")]
+Gpa = Annotated[int, typer.Argument(metavar="GPA", parser=size_value, help="guest physical address: 0x100000000, 4G")]
 RangeFile = Annotated[
     Path | None, typer.Option("--file", exists=True, dir_okay=False, help="one range a line (see --help)")
 ]
@@ -172,8 +171,12 @@ def _converted_line(results: list[models.Converted]) -> str:
 
 def convert(
     vm_id: VmId,
-    gpa: Annotated[int | None, typer.Argument(parser=size_value, help="first gpa", show_default=False)] = None,
-    size: Annotated[int | None, typer.Argument(parser=size_value, help="bytes", show_default=False)] = None,
+    gpa: Annotated[
+        int | None, typer.Argument(metavar="GPA", parser=size_value, help="first gpa", show_default=False)
+    ] = None,
+    size: Annotated[
+        int | None, typer.Argument(metavar="SIZE", parser=size_value, help="bytes", show_default=False)
+    ] = None,
     to: Annotated[str, typer.Option(help="private or shared (a file's lines may say otherwise)")] = "shared",
     file: RangeFile = None,
     batch: Batch = 1000,
@@ -203,7 +206,9 @@ def _ranges(gpa: int | None, size: int | None, to: str, file: Path | None) -> li
 
 def migrate_page(
     vm_id: VmId,
-    gpa: Annotated[int | None, typer.Argument(parser=size_value, help="the page's gpa", show_default=False)] = None,
+    gpa: Annotated[
+        int | None, typer.Argument(metavar="GPA", parser=size_value, help="the page's gpa", show_default=False)
+    ] = None,
     node: Annotated[int | None, typer.Option(help="target NUMA node")] = None,
     pfn: Annotated[int | None, typer.Option(parser=size_value, help="target frame number")] = None,
     size: Annotated[

@@ -7,6 +7,7 @@ broker could not be reached.
 from __future__ import annotations
 
 import json
+import os
 import sys
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -28,7 +29,10 @@ Url = Annotated[
     typer.Option("--url", envvar=URL_ENV, help=f"the broker (default {DEFAULT_URL}); token from GMEM_BROKER_TOKEN"),
 ]
 Json = Annotated[bool, typer.Option("--json", help="print machine-readable JSON")]
-Size = Annotated[int, typer.Argument(parser=size_value, help="bytes: 4096, 4K, 2M, 1G or 0x1000", show_default=False)]
+VmId = Annotated[str, typer.Argument(metavar="VM", help="the VM's id")]
+Size = Annotated[
+    int, typer.Argument(metavar="SIZE", parser=size_value, help="bytes: 4096, 4K, 2M, 1G or 0x1000", show_default=False)
+]
 
 EXIT_REFUSED = 1
 EXIT_UNREACHABLE = 3
@@ -64,8 +68,16 @@ class Session:
             self.out.print(text, highlight=False)
 
 
+PIPE_WIDTH = 160
+
+
 def consoles() -> tuple[Console, Console]:
-    return Console(highlight=False, soft_wrap=True), Console(stderr=True, highlight=False, soft_wrap=True)
+    out, err = Console(highlight=False, soft_wrap=True), Console(stderr=True, highlight=False, soft_wrap=True)
+    for console in (out, err):
+        # Tables squeezed to a pipe's default 80 columns wrap every cell; a log or a grep wants rows whole.
+        if not console.is_terminal and "COLUMNS" not in os.environ:
+            console.width = PIPE_WIDTH
+    return out, err
 
 
 @contextmanager

@@ -8,12 +8,12 @@ import typer
 from rich.console import Group
 
 from .extent_map import compact_map, extent_table, proportions
-from .session import Json, Url, fields, session, table
+from .session import Json, Url, VmId, fields, session, table
 from .sizes import format_size, size_value
 
 
 def extents(
-    vm_id: Annotated[str, typer.Argument(help="the VM's id")],
+    vm_id: VmId,
     start: Annotated[int, typer.Option(parser=size_value, help="first gpa")] = 0,
     end: Annotated[int | None, typer.Option(parser=size_value, help="end gpa (exclusive)", show_default=False)] = None,
     map_: Annotated[bool, typer.Option("--map", help="one line per extent with a bar, and the proportions")] = False,
@@ -28,7 +28,7 @@ def extents(
 
 
 def ops(
-    vm_id: Annotated[str, typer.Argument(help="the VM's id")],
+    vm_id: VmId,
     last: Annotated[int | None, typer.Option(min=1, help="only the last N operations")] = None,
     url: Url = None,
     json_out: Json = False,

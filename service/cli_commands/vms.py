@@ -9,11 +9,9 @@ from rich.console import Group
 
 from ..client import models
 from .memory import MEMFD_COLUMNS, MEMSLOT_COLUMNS, memfd_fields, memslot_row
-from .session import Json, Url, fields, session, table
+from .session import Json, Url, VmId, fields, session, table
 
 app = typer.Typer(help="Guests: create, list, show, start, stop, delete.", no_args_is_help=True)
-
-VmId = Annotated[str, typer.Argument(help="the VM's id")]
 
 
 def vm_fields(vm: models.Vm) -> dict[str, object]:
