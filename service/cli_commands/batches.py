@@ -40,7 +40,9 @@ def size_at(path: Path, text: str) -> int:
         raise typer.BadParameter(f"{path}: {exc}") from exc
 
 
-def in_batches(items: Sequence[T], batch: int, send: Callable[[list[T]], R], label: str, console: Console) -> list[R]:
+def in_batches(
+    items: Sequence[T], batch: int, send: Callable[[list[T]], R], label: str, console: Console, *, bar: bool = True
+) -> list[R]:
     """Send ``items`` ``batch`` at a time; returns the answers.
 
     Each batch is one request, all-or-nothing on the broker; a refusal stops here with the earlier
@@ -49,7 +51,7 @@ def in_batches(items: Sequence[T], batch: int, send: Callable[[list[T]], R], lab
     answers: list[R] = []
     done = 0
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
-    with Progress(*columns, console=console) as progress:
+    with Progress(*columns, console=console, disable=not bar) as progress:
         task = progress.add_task(label, total=len(items))
         for start in range(0, len(items), batch):
             chunk = list(items[start : start + batch])

@@ -190,7 +190,9 @@ def convert(
     """
     ranges = _ranges(gpa, size, to, file)
     with session(url, json_out) as s:
-        results = in_batches(ranges, batch, lambda chunk: s.client.convert(vm_id, chunk), "convert", s.err)
+        results = in_batches(
+            ranges, batch, lambda chunk: s.client.convert(vm_id, chunk), "convert", s.err, bar=file is not None
+        )
         s.emit(results if file else results[0], _converted_line(results))
 
 
