@@ -29,13 +29,14 @@ def free_port() -> int:
 
 
 class ServerThread:
-    """A real uvicorn server in a daemon thread; ``url`` once entered."""
+    """A real uvicorn server in a daemon thread, on a loopback port or a Unix socket (``unix:///path``)."""
 
-    def __init__(self, app: FastAPI) -> None:
+    def __init__(self, app: FastAPI, *, uds: str | None = None) -> None:
         self.app = app
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        config = uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning", access_log=False)
+        self.port = 0 if uds else free_port()
+        self.url = f"unix://{uds}" if uds else f"http://127.0.0.1:{self.port}"
+        where = {"uds": uds} if uds else {"host": "127.0.0.1", "port": self.port}
+        config = uvicorn.Config(app, log_level="warning", access_log=False, **where)
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, daemon=True)
 

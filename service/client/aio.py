@@ -28,6 +28,9 @@ class AsyncBrokerClient(Operations):
         transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
         self.options = Options.resolve(url, token, timeout=timeout, retries=retries, backoff=backoff)
+        uds = self.options.uds
+        if transport is None and uds is not None:
+            transport = httpx.AsyncHTTPTransport(uds=uds)
         self._http = httpx.AsyncClient(transport=transport, **self.options.client_kwargs())
 
     async def send(self, call: Call[T], *, idempotency_key: str | None = None, if_match: str | None = None) -> T:

@@ -29,6 +29,11 @@ RETRY_STATUSES = frozenset({502, 503, 504})
 RETRY_ERRORS = (httpx.TransportError,)
 
 
+UNIX_SCHEME = "unix://"
+# The Host header a request over a Unix socket carries; the socket, not the name, picks the broker.
+UNIX_BASE = "http://gmem-broker"
+
+
 @dataclass(frozen=True, slots=True)
 class Options:
     url: str
@@ -50,11 +55,17 @@ class Options:
             backoff=backoff,
         )
 
+    @property
+    def uds(self) -> str | None:
+        """The socket path of a ``unix:///path`` URL (``serve --uds``), else None."""
+        return self.url.removeprefix(UNIX_SCHEME) if self.url.startswith(UNIX_SCHEME) else None
+
     def client_kwargs(self) -> dict[str, Any]:
         headers = {"Accept": "application/json"}
         if self.token:
             headers["Authorization"] = f"Bearer {self.token}"
-        return {"base_url": self.url, "timeout": self.timeout, "headers": headers}
+        base_url = UNIX_BASE if self.uds else self.url
+        return {"base_url": base_url, "timeout": self.timeout, "headers": headers}
 
     def delay(self, attempt: int) -> float:
         """Seconds to wait before retry number ``attempt`` (1, 2, ...): exponential backoff."""

@@ -16,7 +16,8 @@ T = TypeVar("T")
 
 
 class BrokerClient(Operations):
-    """``BrokerClient(url, token)``; ``url`` defaults to ``GMEM_BROKER_URL``, ``token`` to ``GMEM_BROKER_TOKEN``.
+    """``BrokerClient(url, token)``: ``url`` (``http://host:port`` or ``unix:///socket``) defaults to
+    ``GMEM_BROKER_URL``, ``token`` to ``GMEM_BROKER_TOKEN``.
 
     One method per operation (see ``Operations``). Each raises ``ProblemError`` when the broker
     refuses, and ``httpx.TransportError`` when it cannot be reached after the retries.
@@ -33,6 +34,9 @@ class BrokerClient(Operations):
         transport: httpx.BaseTransport | None = None,
     ) -> None:
         self.options = Options.resolve(url, token, timeout=timeout, retries=retries, backoff=backoff)
+        uds = self.options.uds
+        if transport is None and uds is not None:
+            transport = httpx.HTTPTransport(uds=uds)
         self._http = httpx.Client(transport=transport, **self.options.client_kwargs())
 
     def send(self, call: Call[T], *, idempotency_key: str | None = None, if_match: str | None = None) -> T:

@@ -3,15 +3,21 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 import httpx
 import pytest
+from typer.testing import CliRunner
 
+from service.cli import cli
 from service.client import AsyncBrokerClient, BrokerClient, ProblemError, models
+from service.store.migrate import upgrade
 
+from ..conftest import RunningServer, make_app
 from .conftest import Broker
 from .proxy import LossyProxy
 
@@ -267,3 +273,21 @@ def test_migrate_page(api: BrokerClient, needs_migrate_page: None) -> None:
     with pytest.raises(ProblemError) as caught:
         api.migrate_page(vm.id, BASE_GPA + 32 * PAGE, target_node=0)
     assert (caught.value.status, caught.value.code) == (409, "not-allocated")
+
+
+def test_over_a_unix_socket(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'uds.db'}"
+    upgrade(url)
+    with RunningServer(make_app(url), uds=str(tmp_path / "broker.sock")) as running:
+        assert running.url == f"unix://{tmp_path}/broker.sock"
+        with BrokerClient(running.url, token="") as api:
+            vm = api.create_vm(name="over-uds")
+            assert [v.name for v in api.list_vms()] == ["over-uds"]
+
+        async def read() -> models.Vm:
+            async with AsyncBrokerClient(running.url, token="") as api:
+                return await api.get_vm(vm.id)
+
+        assert asyncio.run(read()) == vm
+        listed = CliRunner().invoke(cli, ["vm", "list", "--json", "--url", running.url], env={"GMEM_BROKER_TOKEN": ""})
+        assert [v["id"] for v in json.loads(listed.stdout)] == [vm.id]
