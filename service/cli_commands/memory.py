@@ -223,11 +223,9 @@ def migrate_page(
 ) -> None:
     """Move a page to --node or --pfn; with --size, a whole range to --node; with --file, the pages
     listed one a line (`GPA [NODE]`, NODE defaulting to --node), in batches under a progress bar."""
+    moves = _moves(file, node) if file is not None else []
     with session(url, json_out) as s:
         if file is not None:
-            moves = [(size_at(file, r[0]), int(r[1]) if len(r) > 1 else node, None) for r in read_rows(file, 1, 2)]
-            if any(n is None for _, n, _ in moves):
-                raise typer.BadParameter("a line names no node and --node is not given")
             results = in_batches(moves, batch, lambda chunk: s.client.migrate_pages(vm_id, chunk), "migrate", s.err)
             _show_moves(s, [m for r in results for m in r.moves], results)
             return
@@ -243,6 +241,16 @@ def migrate_page(
             raise typer.BadParameter("give exactly one of --node and --pfn")
         moved = s.client.migrate_page(vm_id, gpa, target_node=node, target_pfn=pfn)
         _show_moves(s, [moved], moved)
+
+
+def _moves(file: Path, node: int | None) -> list[tuple[int, int | None, int | None]]:
+    moves: list[tuple[int, int | None, int | None]] = []
+    for row in read_rows(file, 1, 2):
+        target = size_at(file, row[1]) if len(row) > 1 else node
+        if target is None:
+            raise typer.BadParameter(f"{file}: {row[0]} names no node and --node is not given")
+        moves.append((size_at(file, row[0]), target, None))
+    return moves
 
 
 def _show_moves(s: Session, moves: list[models.Migrated], result: object) -> None:

@@ -25,8 +25,8 @@ T = TypeVar("T")
 # 503: replay-pending or not-ready; 502/504: a proxy in front could not reach the broker. A retry
 # with the same key is safe for every one of them.
 RETRY_STATUSES = frozenset({502, 503, 504})
-# Failures after which the request may or may not have reached the broker.
-RETRY_ERRORS = (httpx.TransportError,)
+# Failures after which the request may or may not have reached the broker (not, say, a bad URL).
+RETRY_ERRORS = (httpx.NetworkError, httpx.TimeoutException, httpx.RemoteProtocolError)
 
 
 UNIX_SCHEME = "unix://"

@@ -142,13 +142,20 @@ def test_a_refusal_prints_the_problem_and_exits_1(broker: Broker) -> None:
     assert (missing.exit_code, missing.stderr.splitlines()[0]) == (1, "error: 404 not-found: Not found")
 
 
-def test_bad_sizes_are_usage_errors(broker: Broker) -> None:
+def test_bad_sizes_are_usage_errors(broker: Broker, tmp_path: Path) -> None:
     result = run(broker, "memfd", "create", "vm_x", "16Q")
     assert result.exit_code == 2
     assert "'16Q' is not a size" in said(result)
     both = run(broker, "migrate-page", "vm_x", "0x1000", "--node", "1", "--pfn", "7")
     assert both.exit_code == 2
     assert "exactly one of --node and --pfn" in said(both)
+    pages = tmp_path / "pages.txt"
+    pages.write_text("0x100000000 1\n0x100001000\n")
+    nodeless = run(broker, "migrate-page", "vm_x", "--file", str(pages))
+    assert nodeless.exit_code == 2
+    assert "0x100001000 names no node and --node is not given" in said(nodeless)
+    pages.write_text("0x100000000 one\n")
+    assert "'one' is not a size" in said(run(broker, "migrate-page", "vm_x", "--file", str(pages)))
 
 
 def test_url_from_the_environment_and_an_unreachable_broker(broker: Broker) -> None:
