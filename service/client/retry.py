@@ -22,9 +22,11 @@ URL_ENV = "GMEM_BROKER_URL"
 TOKEN_ENV = "GMEM_BROKER_TOKEN"
 T = TypeVar("T")
 
-# 503: replay-pending or not-ready; 502/504: a proxy in front could not reach the broker. A retry
-# with the same key is safe for every one of them.
+# 503: replay-pending or not-ready; 502/504 from a proxy in front that could not reach the broker. A
+# retry with the same key is safe for every one of them. The broker's own 502 (backend-error) is a
+# refusal that changed nothing and would only be replayed: it is not retried.
 RETRY_STATUSES = frozenset({502, 503, 504})
+PROBLEM_JSON = "application/problem+json"
 # Failures after which the request may or may not have reached the broker (not, say, a bad URL).
 RETRY_ERRORS = (httpx.NetworkError, httpx.TimeoutException, httpx.RemoteProtocolError)
 
@@ -89,6 +91,8 @@ def request_kwargs(call: Call[Any], headers: dict[str, str]) -> dict[str, Any]:
 
 
 def should_retry(response: httpx.Response) -> bool:
+    if response.status_code == 502 and response.headers.get("content-type", "").startswith(PROBLEM_JSON):
+        return False
     return response.status_code in RETRY_STATUSES
 
 

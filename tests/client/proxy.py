@@ -1,5 +1,6 @@
 """A TCP proxy in front of the test broker that can lose an answer: the request reaches the broker
-and is applied, then the client's connection is closed before the response gets back to it."""
+and is applied, then the client's connection is closed before the response gets back to it, or the
+answer is replaced by a gateway's error (as a load balancer that timed out would send)."""
 
 from __future__ import annotations
 
@@ -17,12 +18,20 @@ class LossyProxy:
         self.sent: list[bytes] = []  # every chunk the client sent, in order
         self.dropped = 0
         self._to_drop = 0
+        self._instead = b""
         self._lock = threading.Lock()
         threading.Thread(target=self._accept, daemon=True).start()
 
-    def drop_next_answers(self, count: int = 1) -> None:
+    def drop_next_answers(self, count: int = 1, *, instead: int | None = None) -> None:
+        """Lose the next ``count`` answers; with ``instead``, send that status in their place."""
         with self._lock:
             self._to_drop = count
+            self._instead = (
+                f"HTTP/1.1 {instead} Gateway\r\ncontent-type: text/plain\r\ncontent-length: 7\r\n"
+                "connection: close\r\n\r\ngateway".encode()
+                if instead
+                else b""
+            )
 
     def requests_text(self) -> str:
         return b"".join(self.sent).decode("latin-1")
@@ -60,6 +69,8 @@ class LossyProxy:
                 # The broker only answers once it has applied the request: losing the answer here is
                 # the case an Idempotency-Key exists for.
                 if answers and self._take_drop():
+                    if self._instead:
+                        dst.sendall(self._instead)
                     break
                 if not answers:
                     with self._lock:

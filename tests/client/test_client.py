@@ -162,6 +162,16 @@ def test_a_lost_answer_is_retried_and_applied_once(api: BrokerClient, broker: Br
     assert api.get_vm(vm.id).generation == result.generation
 
 
+def test_a_gateway_error_after_the_broker_applied_is_retried(api: BrokerClient, broker: Broker) -> None:
+    vm, _ = guest(api)
+    with LossyProxy(broker.url) as proxy, BrokerClient(proxy.url, token="", backoff=0.01) as behind_gateway:
+        proxy.drop_next_answers(1, instead=504)
+        running = behind_gateway.set_vm_state(vm.id, "running")
+        assert proxy.dropped == 1
+    assert running.state == "running"
+    assert [o.kind for o in api.all_operations(vm.id)].count("set-state") == 1
+
+
 def test_without_the_key_a_lost_answer_applies_twice(api: BrokerClient, broker: Broker) -> None:
     """The control for the test above: the same loss, retried by hand without a key, creates two VMs."""
     name = "lost-twice"
@@ -224,6 +234,19 @@ def test_retries_give_up_with_the_last_problem(api: BrokerClient, broker: Broker
     # The fault queue is spent: the next mutation replays the operation and goes through.
     assert api.allocate(vm.id, memfd.id, MIB - PAGE, PAGE).pages_allocated == 0
     assert [o.status for o in api.all_operations(vm.id) if o.kind == "convert"] == ["applied"]
+
+
+def test_a_backend_refusal_is_not_retried(api: BrokerClient, broker: Broker) -> None:
+    vm, memfd = guest(api)
+    broker.backend.inject_fault("allocate", "EIO")
+    with LossyProxy(broker.url) as proxy, BrokerClient(proxy.url, token="", backoff=0.01) as client:
+        with pytest.raises(ProblemError) as caught:
+            client.allocate(vm.id, memfd.id, 0, PAGE)
+        attempts = _keys(proxy.requests_text(), f"/v1/vms/{vm.id}/memfds/{memfd.id}/allocate")
+    # The broker's 502 changed nothing and would be replayed as it is: one attempt, the refusal raised.
+    assert (caught.value.status, caught.value.code, caught.value.problem.errno) == (502, "backend-error", "EIO")
+    assert len(attempts) == 1
+    assert api.get_memfd(vm.id, memfd.id).allocated == 0
 
 
 def test_unreachable_broker_raises_the_transport_error() -> None:
