@@ -18,6 +18,7 @@ import httpx
 import typer
 from pydantic import BaseModel
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from ..client import BrokerClient, ProblemError
@@ -91,7 +92,8 @@ def session(url: str | None, json_out: bool) -> Iterator[Session]:
         report_problem(exc, json_out, err)
         raise typer.Exit(EXIT_REFUSED) from exc
     except httpx.TransportError as exc:
-        err.print(f"[bold red]error:[/] cannot reach the broker at {client.url}: {exc or type(exc).__name__}")
+        said = escape(str(exc) or type(exc).__name__)
+        err.print(f"[bold red]error:[/] cannot reach the broker at {escape(client.url)}: {said}")
         raise typer.Exit(EXIT_UNREACHABLE) from exc
 
 
@@ -100,7 +102,7 @@ def report_problem(exc: ProblemError, json_out: bool, err: Console) -> None:
     if json_out:
         err.print_json(data=problem.model_dump(mode="json", exclude_none=True))
         return
-    err.print(f"[bold red]error:[/] {problem.status} [bold]{problem.code}[/]: {problem.title}")
+    err.print(f"[bold red]error:[/] {problem.status} [bold]{escape(problem.code)}[/]: {escape(problem.title)}")
     if problem.detail:
         err.print(f"  {problem.detail}", markup=False)
     facts = {"type": problem.type, "instance": problem.instance, "errno": problem.errno, "request": problem.request_id}
