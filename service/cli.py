@@ -1,4 +1,4 @@
-"""The ``gmem-broker`` command: serve, db upgrade, openapi, bench."""
+"""The ``gmem-broker`` command: serve, db upgrade, openapi, bench, and the client commands (cli_commands)."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from typing import Annotated
 
 import typer
 
+from . import cli_commands
 from .settings import Settings
 
 cli = typer.Typer(
@@ -19,6 +20,7 @@ cli = typer.Typer(
 )
 db = typer.Typer(help="Database schema (Alembic migrations).", no_args_is_help=True)
 cli.add_typer(db, name="db")
+cli_commands.register(cli)
 
 
 @cli.command()

@@ -7,20 +7,18 @@ uvicorn server on a loopback port, spoken to over HTTP with httpx.
 from __future__ import annotations
 
 import os
-import socket
-import threading
-import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
-import uvicorn
 from fastapi import FastAPI
 
 from service.app import create_app
 from service.backends.sim import SimBackend
+from service.embedded import ServerThread
+from service.embedded import free_port as free_port
 from service.settings import Settings
 from service.store.migrate import upgrade
 
@@ -86,35 +84,8 @@ def fresh_db_url(db_kind: str, request: pytest.FixtureRequest, tmp_path_factory:
     return url
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-class RunningServer:
-    """A real uvicorn server in a thread of the test process."""
-
-    def __init__(self, app: FastAPI) -> None:
-        self.app = app
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        config = uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning", access_log=False)
-        self.server = uvicorn.Server(config)
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-
-    def __enter__(self) -> RunningServer:
-        self.thread.start()
-        deadline = time.monotonic() + 30
-        while not self.server.started:
-            if not self.thread.is_alive() or time.monotonic() > deadline:
-                raise RuntimeError("the test server did not start")
-            time.sleep(0.01)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.server.should_exit = True
-        self.thread.join(timeout=30)
+# The test server is the embedded one the demo uses: uvicorn in a thread on a free loopback port.
+RunningServer = ServerThread
 
 
 def make_app(url: str, backend: SimBackend | None = None, **settings: object) -> FastAPI:

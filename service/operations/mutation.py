@@ -173,8 +173,15 @@ class _Batch:
     def _run(self) -> None:
         broker, jobs = self.broker, self.jobs
         if self.vm_id in broker.needs_replay:
+            # Replay first: a retry of the request that left an operation pending must get its
+            # stored answer only once the backend has caught up with it.
             try:
                 replay_pending(broker, self.vm_id)
+            except BackendError as err:
+                refused = ReplayPending(f"VM {self.vm_id!r} has a pending operation the backend refused again: {err}")
+                self._answer(jobs[0], error=refused)
+                self.lane.requeue(jobs[1:], solo=True)
+                return
             except BaseException as exc:
                 self._answer(jobs[0], error=exc)
                 self.lane.requeue(jobs[1:], solo=True)  # each retries the replay and gets its own answer
