@@ -7,7 +7,8 @@ import json
 from dataclasses import dataclass
 from typing import Annotated, Any
 
-from fastapi import Depends, Header, Request
+from fastapi import Depends, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
 from ..operations.broker import Broker
@@ -52,34 +53,66 @@ async def request_meta(request: Request, idempotency_key: str | None, if_match: 
     return RequestMeta(idempotency_key=idempotency_key, fingerprint=fingerprint, if_match=if_match)
 
 
+IDEMPOTENCY_KEY_MAX = 255
+_KEY_HELP = "Replays the stored response for the same key and payload; 422 for another payload."
+_IF_MATCH_HELP = "The VM's ETag; a stale one gets 412 and changes nothing."
+
+# The two headers every mutation takes, for the OpenAPI document (``openapi_extra`` of each route).
+# ``mutating`` reads them itself: declared as FastAPI Header parameters they cost about 45 µs a
+# request (measured on the convert path), a third of what a no-op request costs in all.
+MUTATION_HEADERS: dict[str, Any] = {
+    "parameters": [
+        {
+            "name": "Idempotency-Key",
+            "in": "header",
+            "required": False,
+            "description": _KEY_HELP,
+            "schema": {
+                "anyOf": [{"type": "string", "maxLength": IDEMPOTENCY_KEY_MAX}, {"type": "null"}],
+                "description": _KEY_HELP,
+                "title": "Idempotency-Key",
+            },
+        },
+        {
+            "name": "If-Match",
+            "in": "header",
+            "required": False,
+            "description": _IF_MATCH_HELP,
+            "schema": {
+                "anyOf": [{"type": "string"}, {"type": "null"}],
+                "description": _IF_MATCH_HELP,
+                "title": "If-Match",
+            },
+        },
+    ]
+}
+
+
 @dataclass(frozen=True, slots=True)
 class Mutating:
-    """What a mutation route needs: the broker and the request's metadata, as one dependency.
-
-    One dependency instead of two: FastAPI's per-request cost grows with each sub-dependency, and
-    this is on the path of every convert.
-    """
+    """What a mutation route needs: the broker and what the request says about itself."""
 
     broker: Broker
     meta: RequestMeta
 
 
-async def mutating(
-    request: Request,
-    idempotency_key: Annotated[
-        str | None,
-        Header(
-            alias="Idempotency-Key",
-            max_length=255,
-            description="Replays the stored response for the same key and payload; 422 for another payload.",
-        ),
-    ] = None,
-    if_match: Annotated[
-        str | None,
-        Header(alias="If-Match", description="The VM's ETag; a stale one gets 412 and changes nothing."),
-    ] = None,
-) -> Mutating:
-    meta = await request_meta(request, idempotency_key, if_match)
+async def mutating(request: Request) -> Mutating:
+    headers = request.headers
+    key = headers.get("idempotency-key")
+    if key is not None and len(key) > IDEMPOTENCY_KEY_MAX:
+        # The error FastAPI gives a Header(max_length=...) parameter, so the problem document is the same.
+        raise RequestValidationError(
+            [
+                {
+                    "type": "string_too_long",
+                    "loc": ("header", "Idempotency-Key"),
+                    "msg": f"String should have at most {IDEMPOTENCY_KEY_MAX} characters",
+                    "input": key,
+                    "ctx": {"max_length": IDEMPOTENCY_KEY_MAX},
+                }
+            ]
+        )
+    meta = await request_meta(request, key, headers.get("if-match"))
     return Mutating(request.app.state.broker, meta)
 
 

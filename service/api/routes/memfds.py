@@ -11,7 +11,7 @@ from ...operations import handoff, memfds, population, queries
 from ...operations.mutation import submit
 from .. import schemas
 from ..auth import ADMIN, PrincipalDep, require
-from ..deps import BrokerDep, HandoffDep, MutatingDep, respond, with_etag
+from ..deps import MUTATION_HEADERS, BrokerDep, HandoffDep, MutatingDep, respond, with_etag
 from ..problems import responses
 
 router = APIRouter(prefix="/v1/vms/{vm_id}/memfds", tags=["memfds"])
@@ -19,6 +19,7 @@ router = APIRouter(prefix="/v1/vms/{vm_id}/memfds", tags=["memfds"])
 
 @router.post(
     "",
+    openapi_extra=MUTATION_HEADERS,
     status_code=201,
     response_model=schemas.Memfd,
     summary="Create a guest_memfd",
@@ -50,6 +51,7 @@ def get_memfd(vm_id: str, memfd_id: str, broker: BrokerDep) -> JSONResponse:
 
 @router.delete(
     "/{memfd_id}",
+    openapi_extra=MUTATION_HEADERS,
     response_model=schemas.Deleted,
     summary="Close and delete a memfd",
     responses=responses("not-found", "in-use", "precondition-failed"),
@@ -60,6 +62,7 @@ async def delete_memfd(vm_id: str, memfd_id: str, m: MutatingDep) -> JSONRespons
 
 @router.post(
     "/{memfd_id}/allocate",
+    openapi_extra=MUTATION_HEADERS,
     response_model=schemas.Allocated,
     summary="Allocate private backing (fallocate KEEP_SIZE)",
     description="Pages already allocated stay as they are. Refused whole, changing nothing, if any page is "
@@ -86,6 +89,7 @@ async def allocate(vm_id: str, memfd_id: str, body: schemas.ByteRange, m: Mutati
 
 @router.post(
     "/{memfd_id}/punch-hole",
+    openapi_extra=MUTATION_HEADERS,
     response_model=schemas.Punched,
     summary="Free private backing (fallocate PUNCH_HOLE|KEEP_SIZE)",
     description="Refused with `private-in-use` when it would free allocated private pages of a running VM, "
@@ -165,7 +169,7 @@ def read_page(
     description="The ticket is single use and expires after 60 s. Present it on the Unix socket named in the "
     "answer (`REDEEM <ticket>`; `service.client.handoff.fetch_memfd` does it): the fd comes back by SCM_RIGHTS, "
     "good for fallocate and mmap. Needs the `admin` scope: the fd gives full control of the memory.",
-    openapi_extra={"x-required-scope": "admin"},
+    openapi_extra={**MUTATION_HEADERS, "x-required-scope": "admin"},
     responses=responses(
         "not-found", "vm-lost", "not-supported-by-kernel", "precondition-failed", "idempotency-key-reused"
     ),

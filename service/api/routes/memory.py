@@ -10,7 +10,7 @@ from fastapi.responses import JSONResponse
 from ...operations import population, queries
 from ...operations.mutation import submit
 from .. import schemas
-from ..deps import BrokerDep, MutatingDep, respond, with_etag
+from ..deps import MUTATION_HEADERS, BrokerDep, MutatingDep, respond, with_etag
 from ..problems import responses
 
 router = APIRouter(prefix="/v1/vms/{vm_id}", tags=["memory"])
@@ -18,6 +18,7 @@ router = APIRouter(prefix="/v1/vms/{vm_id}", tags=["memory"])
 
 @router.post(
     "/convert",
+    openapi_extra=MUTATION_HEADERS,
     response_model=schemas.Converted,
     summary="Convert gpa ranges between private and shared",
     description="Sets the attribute of every gfn (KVM_SET_MEMORY_ATTRIBUTES), then discards the backing the "
@@ -41,6 +42,7 @@ async def convert(vm_id: str, body: schemas.Convert, m: MutatingDep) -> JSONResp
 
 @router.post(
     "/shared/populate",
+    openapi_extra=MUTATION_HEADERS,
     response_model=schemas.Allocated,
     summary="Populate the shared backing of a gpa range",
     description="What a VMM's first touch of shared memory does. Refused (`attribute-mismatch`) for private "

@@ -8,7 +8,7 @@ from fastapi.responses import JSONResponse
 from ...operations import memfds, queries
 from ...operations.mutation import submit
 from .. import schemas
-from ..deps import BrokerDep, MutatingDep, respond
+from ..deps import MUTATION_HEADERS, BrokerDep, MutatingDep, respond
 from ..problems import responses
 
 router = APIRouter(prefix="/v1/vms/{vm_id}/memslots", tags=["memslots"])
@@ -16,6 +16,7 @@ router = APIRouter(prefix="/v1/vms/{vm_id}/memslots", tags=["memslots"])
 
 @router.post(
     "",
+    openapi_extra=MUTATION_HEADERS,
     status_code=201,
     response_model=schemas.Memslot,
     summary="Create a memslot (KVM_SET_USER_MEMORY_REGION2)",
@@ -58,6 +59,7 @@ def list_memslots(vm_id: str, broker: BrokerDep) -> JSONResponse:
 
 @router.delete(
     "/{slot}",
+    openapi_extra=MUTATION_HEADERS,
     response_model=schemas.Deleted,
     summary="Delete a memslot",
     description="Removes the binding and discards its shared backing; the memfd keeps its pages.",

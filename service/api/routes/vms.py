@@ -10,7 +10,7 @@ from fastapi.responses import JSONResponse
 from ...operations import queries, vms
 from ...operations.mutation import submit
 from .. import schemas
-from ..deps import BrokerDep, MutatingDep, respond, with_etag
+from ..deps import MUTATION_HEADERS, BrokerDep, MutatingDep, respond, with_etag
 from ..problems import responses
 
 router = APIRouter(prefix="/v1/vms", tags=["vms"])
@@ -18,6 +18,7 @@ router = APIRouter(prefix="/v1/vms", tags=["vms"])
 
 @router.post(
     "",
+    openapi_extra=MUTATION_HEADERS,
     status_code=201,
     response_model=schemas.Vm,
     summary="Create a VM",
@@ -40,6 +41,7 @@ def get_vm(vm_id: str, broker: BrokerDep) -> JSONResponse:
 
 @router.patch(
     "/{vm_id}",
+    openapi_extra=MUTATION_HEADERS,
     response_model=schemas.Vm,
     summary="Change a VM's state",
     responses=responses("not-found", "invalid-transition", "precondition-failed"),
@@ -50,6 +52,7 @@ async def patch_vm(vm_id: str, body: schemas.VmPatch, m: MutatingDep) -> JSONRes
 
 @router.delete(
     "/{vm_id}",
+    openapi_extra=MUTATION_HEADERS,
     response_model=schemas.Deleted,
     summary="Delete a VM",
     description="Refused with 409 `in-use` while the VM has memfds or memslots, unless `force=true`, "
