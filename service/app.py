@@ -12,10 +12,11 @@ from sqlalchemy import Engine
 from . import __version__
 from .api import problems
 from .api.middleware import RequestIdMiddleware
-from .api.routes import memfds, memory, memslots, system, vms
+from .api.routes import events, memfds, memory, memslots, migration, system, vms
 from .backends.factory import make_backend
 from .backends.protocol import MemoryBackend
 from .operations.broker import Broker
+from .operations.events import EventHub
 from .operations.recovery import recover
 from .settings import Settings
 from .store.db import make_engine
@@ -27,6 +28,8 @@ TAGS = [
     {"name": "memfds", "description": "guest_memfds: create, allocate, punch-hole, extents."},
     {"name": "memslots", "description": "Bindings of gpa ranges to memfd offsets."},
     {"name": "memory", "description": "Private/shared conversion, the VM's extent map, the journal."},
+    {"name": "migration", "description": "migrate-page, and the guest's and the host's view of a page."},
+    {"name": "events", "description": "The journal as server-sent events, per VM and host-wide."},
     {"name": "host", "description": "The backend and what the kernel offers."},
     {"name": "health", "description": "Liveness and readiness."},
     {"name": "problems", "description": "RFC 9457 problem types."},
@@ -47,7 +50,13 @@ def create_app(
     settings = settings or Settings()
     engine = engine or make_engine(settings.database_url, pool_size=settings.db_pool_size)
     backend = backend or make_backend(settings)
-    broker = Broker(uow=lambda: SqlUnitOfWork(engine), backend=backend, max_batch=settings.max_batch)
+    hub = EventHub()
+    broker = Broker(
+        uow=lambda: SqlUnitOfWork(engine, on_commit=hub.notify),
+        backend=backend,
+        max_batch=settings.max_batch,
+        events=hub,
+    )
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -69,7 +78,7 @@ def create_app(
     app.state.settings = settings
     app.state.engine = engine
     app.state.broker = broker
-    for module in (vms, memfds, memslots, memory, system):
+    for module in (vms, memfds, memslots, memory, migration, events, system):
         app.include_router(module.router)
     problems.install(app)
     app.add_middleware(RequestIdMiddleware)

@@ -89,6 +89,17 @@ CATALOGUE: dict[str, ProblemType] = {
     "replay-pending": ProblemType(
         503, "Replay pending", "The operation is journalled but not all backend calls applied; it will be replayed."
     ),
+    "not-allocated": ProblemType(
+        409, "Not allocated", "The page the gpa uses (private or shared backing) has no allocated page to act on."
+    ),
+    "frame-in-use": ProblemType(409, "Frame in use", "The target host frame already backs a page (EBUSY)."),
+    "unknown-node": ProblemType(422, "Unknown NUMA node", "The target NUMA node is not online on this host (ENODEV)."),
+    "events-expired": ProblemType(
+        410,
+        "Events expired",
+        "Last-Event-ID names an operation no longer in the retained journal: re-read the extent map, then "
+        "subscribe afresh.",
+    ),
     "validation-error": ProblemType(422, "Invalid request", "The request does not match the schema."),
     "method-not-allowed": ProblemType(405, "Method not allowed", "The resource does not support this method."),
     "http-error": ProblemType(400, "HTTP error", "The request could not be served."),

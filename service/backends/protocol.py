@@ -49,6 +49,69 @@ class VmInventory:
     memslots: set[int]
 
 
+@dataclass(frozen=True, slots=True)
+class PageRef:
+    """A page of a VM's backing: memfd ``memfd_id`` at pgoff ``index``, or (``memfd_id`` None) the
+    shared backing at gfn ``index``."""
+
+    memfd_id: str | None
+    index: int
+
+
+@dataclass(frozen=True, slots=True)
+class MoveRequest:
+    """Move ``npages`` pages from ``ref`` to ``target_node`` (any free frames there) or to the frames
+    starting at ``target_pfn``. ``skip_on_target``: leave pages already on the target node (evacuation)."""
+
+    ref: PageRef
+    npages: int
+    target_node: int | None = None
+    target_pfn: int | None = None
+    skip_on_target: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class FrameMove:
+    """One planned move: pages ``[ref.index, ref.index + npages)`` from frames at ``old_pfn`` to
+    frames at ``new_pfn`` (both runs consecutive) on ``node``. Frames are None where the backend
+    does not see them (kvm)."""
+
+    ref: PageRef
+    npages: int
+    old_pfn: int | None
+    new_pfn: int | None
+    node: int
+
+
+@dataclass(frozen=True, slots=True)
+class FrameRun:
+    """Pages ``[start, start + npages)`` of one backing (``owner``: memfd id, "" for the shared
+    backing) on the consecutive frames starting at ``pfn``."""
+
+    owner: str
+    start: int
+    npages: int
+    pfn: int
+
+
+@dataclass(slots=True)
+class FrameChanges:
+    """Net change of a VM's frame runs since the last drain, for the store to mirror as rows."""
+
+    removed: list[FrameRun] = field(default_factory=list)
+    added: list[FrameRun] = field(default_factory=list)
+
+    def __bool__(self) -> bool:
+        return bool(self.removed or self.added)
+
+
+@dataclass(frozen=True, slots=True)
+class PageBytes:
+    data: bytes
+    pfn: int | None
+    encrypted: bool
+
+
 class MemoryBackend(Protocol):
     name: str
 
@@ -65,6 +128,30 @@ class MemoryBackend(Protocol):
     def populate_shared(self, vm_id: str, gfn: int, npages: int) -> None: ...
     def discard_shared(self, vm_id: str, gfn: int, npages: int) -> None: ...
     def inventory(self) -> dict[str, VmInventory]: ...
+
+    # -- frames, migration and page contents -------------------------------------------------
+    def plan_moves(self, vm_id: str, requests: list[MoveRequest]) -> list[FrameMove]:
+        """Choose destinations for a batch of moves without changing anything (all or nothing:
+        raises BackendError ENODEV unknown node, ENOMEM target full, EBUSY frame in use)."""
+        ...
+
+    def move_frames(self, vm_id: str, move: FrameMove, method: str) -> None:
+        """Carry out a planned move (idempotent: a move already done is a no-op)."""
+        ...
+
+    def frame_changes(self, vm_id: str) -> FrameChanges:
+        """Drain the frame runs changed since the last call (empty where frames are not visible)."""
+        ...
+
+    def adopt_frames(self, runs: dict[str, list[FrameRun]]) -> None:
+        """Before ``restore``: the frame runs the database recorded, per VM, to place pages on again."""
+        ...
+
+    def read_backing(self, vm_id: str, ref: PageRef, view: str) -> PageBytes:
+        """A page as the guest sees it (``view="guest"``, decrypted) or raw frame bytes (``"host"``)."""
+        ...
+
+    def write_backing(self, vm_id: str, ref: PageRef, offset: int, data: bytes, view: str) -> None: ...
     def restore(self, vm: Vm) -> bool:
         """Re-establish a stored VM after a restart; False when its kernel objects are gone."""
         ...

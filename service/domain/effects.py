@@ -110,6 +110,23 @@ class DiscardShared(Effect):
     npages: int
 
 
+@dataclass(frozen=True, slots=True)
+class MoveFrames(Effect):
+    """Move ``npages`` pages of a backing (memfd ``memfd_id`` at ``pgoff``, or with ``memfd_id`` ""
+    the shared backing at gfn ``pgoff``), bound at ``gfn``, from the frames at ``old_pfn`` to those
+    at ``new_pfn`` on ``node``, by ``method`` (copy or trusted-agent)."""
+
+    name: ClassVar[str] = "move-frames"
+    memfd_id: str
+    pgoff: int
+    gfn: int
+    npages: int
+    old_pfn: int | None
+    new_pfn: int | None
+    node: int
+    method: str
+
+
 EFFECT_TYPES: dict[str, type[Effect]] = {
     cls.name: cls
     for cls in (
@@ -124,6 +141,7 @@ EFFECT_TYPES: dict[str, type[Effect]] = {
         SetAttributes,
         PopulateShared,
         DiscardShared,
+        MoveFrames,
     )
 }
 

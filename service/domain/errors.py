@@ -111,3 +111,19 @@ class InvalidCursor(DomainError):
 
 class BatchTooLarge(DomainError):
     code = "batch-too-large"
+
+
+class NotAllocated(DomainError):
+    code = "not-allocated"
+
+
+class FrameInUse(DomainError):
+    code = "frame-in-use"
+
+
+class UnknownNode(DomainError):
+    code = "unknown-node"
+
+
+class EventsExpired(DomainError):
+    code = "events-expired"

@@ -18,6 +18,7 @@ from ..backends.protocol import BackendError
 from ..domain import effects as fx
 from ..domain.errors import (
     DomainError,
+    FrameInUse,
     IdempotencyKeyReused,
     InsufficientMemory,
     NotSupportedByKernel,
@@ -85,6 +86,8 @@ def backend_problem(err: BackendError) -> DomainError:
         return InsufficientMemory(err.message, errno=err.errno)
     if err.errno in ("EOPNOTSUPP", "ENOTTY", "ENOSYS"):
         return NotSupportedByKernel(err.message, errno=err.errno)
+    if err.errno == "EBUSY":
+        return FrameInUse(err.message, errno=err.errno)
     return BackendFailed(err.message, errno=err.errno)
 
 
@@ -185,6 +188,7 @@ def mutate(
 
         with broker.uow() as uow:
             uow.journal.finish(op.id, OperationStatus.APPLIED, result=body, error=None, response_status=status_code)
+            broker.record_frames(uow, vm_id)
             uow.commit()
         if changes.deleted:
             broker.forget(vm_id)
@@ -214,6 +218,7 @@ def replay_pending(broker: Broker, vm_id: str | None = None) -> int:
             uow.journal.finish(
                 op.id, OperationStatus.APPLIED, result=op.result, error=None, response_status=op.response_status
             )
+            broker.record_frames(uow, op.vm_id)
             uow.commit()
         log.info("replayed pending operation %s (%s on %s)", op.id, op.kind, op.vm_id)
     if vm_id is None:

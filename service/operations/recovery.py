@@ -10,11 +10,18 @@ from .journal import replay_pending
 def recover(broker: Broker) -> list[str]:
     """Bring the backend in line with the journal; return the disagreements found (never fixed)."""
     vms = broker.load_all()
+    with broker.uow() as uow:
+        broker.backend.adopt_frames(uow.frames.load_all())
     for vm in vms:
         if not broker.backend.restore(vm):
             log.warning("VM %s: backend objects are gone", vm.id)
 
     replay_pending(broker)
+    # Pages the records did not place (a crash before their rows were written) got fresh frames.
+    with broker.uow() as uow:
+        for vm in vms:
+            broker.record_frames(uow, vm.id)
+        uow.commit()
 
     # Replay changes the backend, never the stored extents: the VMs just loaded are the record.
     report = reconcile(broker, vms)

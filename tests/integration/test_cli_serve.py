@@ -76,7 +76,7 @@ def test_db_upgrade_then_status(tmp_path: Path) -> None:
     assert up.returncode == 0, up.stderr
     status = run_cli(["db", "status"], url, tmp_path)
     assert status.returncode == 0
-    assert "database: 0001" in status.stdout
+    assert "database: 0003" in status.stdout
 
 
 def test_default_database_is_a_sqlite_file_in_the_working_directory(tmp_path: Path) -> None:

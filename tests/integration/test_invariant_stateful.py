@@ -676,7 +676,13 @@ class BrokerMachine(RuleBasedStateMachine):
         assert {g for e in sim.shared for g in range(e.start, e.end)} == m.shared
         assert set(sim.slots) == set(m.slots)
         for mid in self.memfds:
-            assert {p for e in sim.memfds[mid].pages for p in range(e.start, e.end)} == m.allocated[mid]
+            assert {p for e in sim.memfds[mid].frames for p in range(e.start, e.end)} == m.allocated[mid]
+        # The frame runs stored in the database mirror the sim's, one row per run of consecutive frames.
+        runs = [(mid, e.start, e.npages, e.start + e.value) for mid, f in sim.memfds.items() for e in f.frames]
+        runs += [("", e.start, e.npages, e.start + e.value) for e in sim.shared]
+        with self.broker.uow() as uow:
+            stored = [(r.owner, r.start, r.npages, r.pfn) for r in uow.frames.of_vm(self.vm_id)]
+        assert sorted(stored) == sorted(runs)
 
 
 @pytest.fixture(scope="module")
