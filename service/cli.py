@@ -77,6 +77,21 @@ def db_status() -> None:
         raise typer.Exit(1)
 
 
+@db.command("prune-journal")
+def db_prune_journal(
+    keep: Annotated[int, typer.Option(min=0, help="finished operations to keep, newest first")] = 100_000,
+) -> None:
+    """Forget old finished operations; event streams resuming from before them get 410."""
+    from .operations.events import prune_journal
+    from .store.db import make_engine
+    from .store.uow import SqlUnitOfWork
+
+    settings = Settings()
+    engine = make_engine(settings.database_url)
+    removed = prune_journal(lambda: SqlUnitOfWork(engine), keep)
+    typer.echo(f"gmem-broker: {removed} operation(s) pruned from the journal")
+
+
 @cli.command()
 def openapi(
     output: Annotated[Path | None, typer.Option("--output", "-o", help="file to write (default stdout)")] = None,

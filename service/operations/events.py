@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 from ..domain.errors import EventsExpired
 from ..domain.operation import Operation, OperationStatus
 from ..domain.units import to_bytes
+from .ports import UnitOfWorkFactory
 
 if TYPE_CHECKING:  # the broker holds the hub: a runtime import would be circular
     from .broker import Broker
@@ -165,9 +166,9 @@ def _range(effect: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def prune_journal(broker: Broker, keep: int) -> int:
+def prune_journal(unit_of_work: UnitOfWorkFactory, keep: int) -> int:
     """Forget all but the newest ``keep`` finished operations; streams behind them get 410."""
-    with broker.uow() as uow:
+    with unit_of_work() as uow:
         removed = uow.journal.prune(keep)
         uow.commit()
     return removed
