@@ -11,7 +11,7 @@ from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Connection, delete, func, insert, select, tuple_
+from sqlalchemy import Connection, delete, func, insert, select
 
 from ..backends.protocol import FrameChanges, FrameRun
 from ..domain.errors import Conflict
@@ -296,21 +296,17 @@ class SqlFrameRuns:
         self._conn = conn
 
     def apply(self, vm_id: str, changes: FrameChanges) -> None:
-        removed = [(r.owner, r.start) for r in changes.removed]
-        for chunk in _chunks(removed):
-            self._conn.execute(
-                delete(FrameRunRow).where(
-                    FrameRunRow.vm_id == vm_id, tuple_(FrameRunRow.owner, FrameRunRow.start).in_(chunk)
-                )
-            )
+        # Driver SQL like the extents: this runs after every mutation that moved frames.
+        sql = hot(self._conn)
+        by_owner: dict[str, list[int]] = defaultdict(list)
+        for run in changes.removed:
+            by_owner[run.owner].append(run.start)
+        for owner, starts in by_owner.items():
+            for chunk in _chunks(sorted(starts)):
+                execute(self._conn, sql.delete_frame_runs(len(chunk)), (vm_id, owner, *chunk)).close()
         if changes.added:
-            self._conn.execute(
-                insert(FrameRunRow),
-                [
-                    {"vm_id": vm_id, "owner": r.owner, "start": r.start, "end": r.start + r.npages, "pfn": r.pfn}
-                    for r in changes.added
-                ],
-            )
+            rows = [(vm_id, r.owner, r.start, r.start + r.npages, r.pfn) for r in changes.added]
+            execute_many(self._conn, sql.insert_frame_run, rows)
 
     def of_vm(self, vm_id: str) -> list[FrameRun]:
         rows = self._conn.execute(
