@@ -161,6 +161,8 @@ def _range(effect: dict[str, Any]) -> dict[str, Any]:
             out["offset"] = to_bytes(value)
         elif key == "npages":
             out["size"] = to_bytes(value)
+        elif key == "memfd_id" and value == "":
+            out[key] = None  # a move of the shared backing
         else:
             out[key] = value
     return out

@@ -178,3 +178,26 @@ def test_an_event_older_than_the_retained_journal_is_410(
         with subscribe(h.server.url, f"/v1/vms/{other}/events", **{"Last-Event-ID": ops[-1]["id"]}) as stream:
             last = ok(h.client.patch(f"/v1/vms/{other}", json={"state": "running"}))
             assert stream.next()["generation"] == last["generation"]
+
+
+def test_streams_wait_at_a_pending_operation_until_it_is_applied(
+    db_kind: str, request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    with sim_host(own_database(db_kind, request, tmp_path_factory)) as h:
+        a, memfd_a = guest(h.client, size=MIB)
+        b, _ = guest(h.client, size=MIB)
+        ok(h.client.post(f"/v1/vms/{a}/memfds/{memfd_a}/allocate", json={"offset": 0, "length": MIB}))
+        with subscribe(h.server.url, "/v1/events") as stream:
+            # A's convert is journalled, but the backend fails after its first call: it stays pending.
+            h.sim.inject_fault("punch_hole", "EIO")
+            ranges = [{"gpa": BASE_GPA, "size": PAGE, "to": "shared"}]
+            stuck = problem(h.client.post(f"/v1/vms/{a}/convert", json={"ranges": ranges}), 503, "replay-pending")
+            later_b = ok(h.client.patch(f"/v1/vms/{b}", json={"state": "running"}))
+            # A's next mutation replays the pending one first; only then do events flow, in journal order.
+            later_a = ok(h.client.patch(f"/v1/vms/{a}", json={"state": "running"}))
+            events = stream.take(3)
+            assert events[0]["id"] == stuck["operation_id"]
+            assert [(e["vm_id"], e["generation"]) for e in events[1:]] == [
+                (b, later_b["generation"]),
+                (a, later_a["generation"]),
+            ]
