@@ -117,6 +117,12 @@ class ByteRange(Strict):
     length: int = Field(..., ge=0, le=U64, examples=[1048576])
 
 
+class AllocateRange(ByteRange):
+    node: int | None = Field(
+        None, ge=0, le=1 << 16, description="NUMA node for the new pages (static placement, as mbind); default: any"
+    )
+
+
 class PunchHole(ByteRange):
     allow_private: bool = Field(False, description="punch allocated private pages of a running VM")
 

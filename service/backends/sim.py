@@ -220,28 +220,35 @@ class SimBackend:
         for key in list(self._data.irange(pfn, pfn + npages - 1)):
             del self._data[key]
 
-    def _populate(self, vm: _Vm, owner: str, frames: ExtentMap[int], start: int, end: int) -> None:
+    def _populate(
+        self, vm: _Vm, owner: str, frames: ExtentMap[int], start: int, end: int, node: int | None = None
+    ) -> None:
         holes = [(s.start, s.end) for s in frames.segments(start, end) if s.value is None]
         needed = sum(e - s for s, e in holes)
+        if node is not None:
+            self._pool.check_node(node)
+            if needed > self._pool.free(node):
+                raise BackendError("ENOMEM", f"{needed} pages wanted on node {node}, {self._pool.free(node)} free")
         if needed > self._pool.free_total():
             raise BackendError("ENOMEM", f"{needed} pages wanted, {self._pool.free_total()} free on the host")
         for s, e in holes:
             pos = s
             while pos < e:
-                node = max(range(self._nodes), key=self._pool.free)
-                for pfn, count in self._pool.take(node, min(e - pos, self._pool.free(node))):
+                # Unpinned, each piece goes to the emptiest node, spilling over when that one fills up.
+                target = node if node is not None else max(range(self._nodes), key=self._pool.free)
+                for pfn, count in self._pool.take(target, min(e - pos, self._pool.free(target))):
                     frames.set(pos, pos + count, pfn - pos)
                     pos += count
         if needed:
             vm.dirty.add(owner)
 
-    def allocate(self, vm_id: str, memfd_id: str, pgoff: int, npages: int) -> None:
+    def allocate(self, vm_id: str, memfd_id: str, pgoff: int, npages: int, node: int | None = None) -> None:
         with self._lock:
             self._maybe_fail("allocate")
             memfd = self._memfd(vm_id, memfd_id)
             if npages <= 0 or pgoff + npages > memfd.npages:
                 raise BackendError("EINVAL", "allocation must end inside the file")
-            self._populate(self._vm(vm_id), memfd_id, memfd.frames, pgoff, pgoff + npages)
+            self._populate(self._vm(vm_id), memfd_id, memfd.frames, pgoff, pgoff + npages, node)
 
     def punch_hole(self, vm_id: str, memfd_id: str, pgoff: int, npages: int) -> None:
         with self._lock:

@@ -78,6 +78,8 @@ class Allocate(Effect):
     memfd_id: str
     pgoff: int
     npages: int
+    # The NUMA node new pages must land on; None: wherever the backend places them.
+    node: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,7 +150,8 @@ EFFECT_TYPES: dict[str, type[Effect]] = {
 
 def effect_from_json(data: dict[str, Any]) -> Effect:
     cls = EFFECT_TYPES[data["call"]]
-    kwargs = {f.name: data[f.name] for f in fields(cls)}
+    # A field missing from an older journal row takes its default.
+    kwargs = {f.name: data[f.name] for f in fields(cls) if f.name in data}
     if "flags" in kwargs:
         kwargs["flags"] = tuple(kwargs["flags"])
     return cls(**kwargs)

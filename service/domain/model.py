@@ -449,7 +449,9 @@ class Vm:
                 errno="EINVAL",
             )
 
-    def allocate(self, memfd_id: str, pgoff: int, pgoff_end: int, now: datetime) -> tuple[int, list[fx.Effect]]:
+    def allocate(
+        self, memfd_id: str, pgoff: int, pgoff_end: int, now: datetime, *, node: int | None = None
+    ) -> tuple[int, list[fx.Effect]]:
         memfd = self.memfd(memfd_id)
         self._require_in_file(memfd, pgoff, pgoff_end, "allocate")
         for slot, gfn, gfn_end in self.bindings_of(memfd_id, pgoff, pgoff_end):
@@ -463,7 +465,7 @@ class Vm:
         self._begin(now)
         self._touched.add(memfd_id)
         added = memfd.population.set(pgoff, pgoff_end, Population.ALLOCATED)
-        return added, [fx.Allocate(self.id, memfd_id, pgoff, pgoff_end - pgoff)]
+        return added, [fx.Allocate(self.id, memfd_id, pgoff, pgoff_end - pgoff, node)]
 
     def punch_hole(
         self, memfd_id: str, pgoff: int, pgoff_end: int, now: datetime, *, allow_private: bool

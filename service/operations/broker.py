@@ -126,8 +126,10 @@ class Broker:
                         b.bind_memslot(e.vm_id, e.slot, e.gfn, e.npages, e.memfd_id, e.pgoff)
                     case fx.UnbindMemslot():
                         b.unbind_memslot(e.vm_id, e.slot)
-                    case fx.Allocate():
+                    case fx.Allocate() if e.node is None:
                         b.allocate(e.vm_id, e.memfd_id, e.pgoff, e.npages)
+                    case fx.Allocate():
+                        b.allocate(e.vm_id, e.memfd_id, e.pgoff, e.npages, node=e.node)
                     case fx.PunchHole():
                         b.punch_hole(e.vm_id, e.memfd_id, e.pgoff, e.npages)
                     case fx.SetAttributes():

@@ -331,3 +331,28 @@ def test_concurrent_migrations_and_mutations_serialize_and_never_corrupt(host: S
     )
     pfns = [host.read(vm_id, BASE_GPA + i * PAGE)["pfn"] for i in range(64)]
     assert len(set(pfns)) == 64
+
+
+def test_allocate_on_a_chosen_node_and_507_when_it_is_full(
+    db_kind: str, request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    url = own_database(db_kind, request, tmp_path_factory)
+    with sim_host(url, numa_nodes=2, frames_per_node=64) as h:
+        vm_id, memfd_id = guest(h.client, size=128 * PAGE, vm_type="sev_snp")
+        allocate = f"/v1/vms/{vm_id}/memfds/{memfd_id}/allocate"
+        ok(h.client.post(allocate, json={"offset": 0, "length": 40 * PAGE, "node": 1}))
+        assert [n["used_pages"] for n in h.nodes()] == [0, 40]
+        assert {r.pfn // 64 for r in h.frame_rows(vm_id)} == {1}
+        before = state(h, vm_id)
+        # 30 more fit on the host (node 0 is empty) but not on node 1: refused whole.
+        doc = problem(
+            h.client.post(allocate, json={"offset": 40 * PAGE, "length": 30 * PAGE, "node": 1}),
+            507,
+            "insufficient-memory",
+        )
+        assert "node 1" in doc["detail"]
+        problem(h.client.post(allocate, json={"offset": 40 * PAGE, "length": PAGE, "node": 2}), 422, "unknown-node")
+        assert state(h, vm_id) == before
+        # Unpinned, the same request lands on the emptiest node.
+        ok(h.client.post(allocate, json={"offset": 40 * PAGE, "length": 30 * PAGE}))
+        assert [n["used_pages"] for n in h.nodes()] == [30, 40]

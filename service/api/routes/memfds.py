@@ -59,7 +59,8 @@ def delete_memfd(vm_id: str, memfd_id: str, broker: BrokerDep, meta: MetaDep) ->
     response_model=schemas.Allocated,
     summary="Allocate private backing (fallocate KEEP_SIZE)",
     description="Pages already allocated stay as they are. Refused whole, changing nothing, if any page is "
-    "bound to a shared gfn (`attribute-mismatch`) or memory runs out (`insufficient-memory`).",
+    "bound to a shared gfn (`attribute-mismatch`) or memory runs out (`insufficient-memory`): on the host, or "
+    "on the NUMA node the request names (`node`).",
     responses=responses(
         "not-found",
         "unaligned",
@@ -67,12 +68,15 @@ def delete_memfd(vm_id: str, memfd_id: str, broker: BrokerDep, meta: MetaDep) ->
         "out-of-range",
         "attribute-mismatch",
         "insufficient-memory",
+        "unknown-node",
         "precondition-failed",
         "idempotency-key-reused",
     ),
 )
-def allocate(vm_id: str, memfd_id: str, body: schemas.ByteRange, broker: BrokerDep, meta: MetaDep) -> JSONResponse:
-    return respond(population.allocate(broker, vm_id, memfd_id, offset=body.offset, length=body.length, meta=meta))
+def allocate(vm_id: str, memfd_id: str, body: schemas.AllocateRange, broker: BrokerDep, meta: MetaDep) -> JSONResponse:
+    return respond(
+        population.allocate(broker, vm_id, memfd_id, offset=body.offset, length=body.length, node=body.node, meta=meta)
+    )
 
 
 @router.post(
