@@ -50,6 +50,9 @@ def serve(
         port=port if port is not None else settings.port,
         log_level=settings.log_level,
         access_log=False,
+        # Event streams never finish on their own; without a bound, shutdown would wait for them forever.
+        # Their clients reconnect with Last-Event-ID.
+        timeout_graceful_shutdown=3,
     )
 
 

@@ -112,3 +112,21 @@ def test_acknowledged_operations_survive_kill_9(fresh_db_url: str, tmp_path: Pat
 def test_upgrade_is_idempotent(fresh_db_url: str) -> None:
     upgrade(fresh_db_url)
     upgrade(fresh_db_url)
+
+
+def test_serve_stops_on_sigterm_with_an_event_stream_open(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'b.db'}"
+    upgrade(url)
+    proc, base = start(url, tmp_path)
+    try:
+        with httpx.Client(base_url=base, timeout=30) as c, c.stream("GET", "/v1/events") as stream:
+            assert stream.status_code == 200
+            began = time.monotonic()
+            proc.terminate()
+            # uvicorn re-raises the signal once it has shut down.
+            assert proc.wait(20) in (0, -signal.SIGTERM)
+            assert time.monotonic() - began < 15
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(30)
