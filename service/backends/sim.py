@@ -304,8 +304,9 @@ class SimBackend:
                 raise BackendError("EINVAL", "a target frame takes one page")
             self._pool.take_at(req.target_pfn, 1)
             taken.append((req.target_pfn, 1))
-            old = req.ref.index + segments[0].value  # type: ignore[operator]
-            return [FrameMove(req.ref, 1, old, req.target_pfn, self._pool.node_of(req.target_pfn))]
+            delta = segments[0].value
+            assert delta is not None
+            return [FrameMove(req.ref, 1, req.ref.index + delta, req.target_pfn, self._pool.node_of(req.target_pfn))]
         node = req.target_node if req.target_node is not None else 0
         self._pool.check_node(node)
         moves: list[FrameMove] = []
@@ -394,12 +395,13 @@ class SimBackend:
         with self._lock:
             if offset < 0 or offset + len(data) > PAGE_SIZE:
                 raise BackendError("EINVAL", "a write must stay inside one page")
-            current = self.read_backing(vm_id, ref, view)
-            page = current.data[:offset] + data + current.data[offset + len(data) :]
             vm = self._vm(vm_id)
-            if view == "guest" and current.encrypted:
-                page = sealing.seal(vm.key, current.pfn or 0, page)
-            self._data[current.pfn or 0] = page
+            pfn = self._frame(vm, vm_id, ref)
+            current = self.read_backing(vm_id, ref, view).data
+            page = current[:offset] + data + current[offset + len(data) :]
+            if view == "guest" and self._sealed(vm, ref):
+                page = sealing.seal(vm.key, pfn, page)
+            self._data[pfn] = page
 
     # -- frame records and recovery ----------------------------------------------------------------
 

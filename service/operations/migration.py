@@ -165,7 +165,7 @@ def evacuate(broker: Broker, vm_id: str, *, gpa: int, size: int, target_node: in
 # -- page contents (tests and debugging) ---------------------------------------------------------
 
 
-def _page(broker: Broker, vm: Vm, gfn: int) -> tuple[BackedRun, PageRef]:
+def _page(vm: Vm, gfn: int) -> tuple[BackedRun, PageRef]:
     run = vm.backed_page(gfn)
     return run, PageRef(run.memfd_id, run.pgoff)
 
@@ -173,7 +173,7 @@ def _page(broker: Broker, vm: Vm, gfn: int) -> tuple[BackedRun, PageRef]:
 def read_gfn(broker: Broker, vm_id: str, gfn: int, view: str) -> dict[str, Any]:
     with broker.locked(vm_id):
         vm = broker.vm(vm_id)
-        run, ref = _page(broker, vm, gfn)
+        run, ref = _page(vm, gfn)
         try:
             page = broker.backend.read_backing(vm_id, ref, view)
         except BackendError as err:
@@ -198,7 +198,7 @@ def write_gfn(broker: Broker, vm_id: str, gfn: int, view: str, *, offset: int, d
         raise OutOfRange(f"offset {offset} + {len(data)} bytes reaches past the page ({PAGE_SIZE} bytes)")
     with broker.locked(vm_id):
         vm = broker.vm(vm_id)
-        _, ref = _page(broker, vm, gfn)
+        _, ref = _page(vm, gfn)
         try:
             broker.backend.write_backing(vm_id, ref, offset, data, view)
         except BackendError as err:
