@@ -73,7 +73,7 @@ def _plan(
 
 
 def _record(
-    vm: Vm, now: datetime, op_id: str, pairs: list[tuple[BackedRun, FrameMove]]
+    vm: Vm, now: datetime, pairs: list[tuple[BackedRun, FrameMove]]
 ) -> tuple[list[dict[str, Any]], list[fx.Effect]]:
     if pairs:
         vm.record_migration(now)
@@ -128,7 +128,7 @@ def migrate_pages(broker: Broker, vm_id: str, *, moves: list[Move], batch: bool,
             MoveRequest(PageRef(run.memfd_id, run.pgoff), 1, m.target_node, m.target_pfn)
             for run, m in zip(runs, moves, strict=True)
         ]
-        items, effects = _record(vm, now, op_id, _plan(broker, vm, runs, requests))
+        items, effects = _record(vm, now, _plan(broker, vm, runs, requests))
         if batch:
             return {"operation_id": op_id, "generation": vm.generation, "moves": items}, effects
         item = {k: v for k, v in items[0].items() if k != "size"}
@@ -149,7 +149,7 @@ def evacuate(broker: Broker, vm_id: str, *, gpa: int, size: int, target_node: in
         requests = [
             MoveRequest(PageRef(r.memfd_id, r.pgoff), r.npages, target_node, None, skip_on_target=True) for r in runs
         ]
-        items, effects = _record(vm, now, op_id, _plan(broker, vm, runs, requests) if runs else [])
+        items, effects = _record(vm, now, _plan(broker, vm, runs, requests) if runs else [])
         body = {
             "operation_id": op_id if effects else None,
             "generation": vm.generation,
