@@ -5,9 +5,22 @@ from __future__ import annotations
 import pytest
 
 from service.domain.errors import NotAllocated, OutOfRange
-from service.domain.model import Attribute, BackedRun, Range, VmType
+from service.domain.model import Attribute, BackedRun, Range, Vm, VmType
 
 from .test_vm_model import NOW, add_memfd, add_slot, new_vm, refused
+
+
+def bound_vm(vm_type: VmType, *, allocated: int, shared: tuple[int, int], populated: tuple[int, int]) -> Vm:
+    """Memslot 0 binds gfns [100, 116) to memfd pages [0, 16); ``allocated`` memfd pages, then
+    ``shared`` gfns converted and ``populated`` gfns given shared backing."""
+    vm = new_vm(vm_type)
+    add_memfd(vm)
+    add_slot(vm, 0, 100, 16)
+    vm.allocate("mfd_a", 0, allocated, NOW)
+    vm.convert([Range(*shared, Attribute.SHARED)], NOW)
+    vm.populate_shared(*populated, NOW)
+    vm.drain_changes()
+    return vm
 
 
 @pytest.mark.parametrize(
@@ -28,22 +41,12 @@ def test_a_private_gfn_uses_its_memfd_page(vm_type: VmType, method: str, agent: 
 
 
 def test_a_shared_gfn_uses_the_shared_backing_and_moves_by_copy() -> None:
-    vm = new_vm(VmType.TDX)
-    add_memfd(vm)
-    add_slot(vm, 0, 100, 16)
-    vm.convert([Range(104, 106, Attribute.SHARED)], NOW)
-    vm.populate_shared(104, 106, NOW)
-    vm.drain_changes()
+    vm = bound_vm(VmType.TDX, allocated=4, shared=(104, 106), populated=(104, 106))
     assert vm.backed_page(105) == BackedRun(105, 1, None, 105, "copy", None)
 
 
 def test_holes_and_gfns_outside_memslots_are_refused_without_change() -> None:
-    vm = new_vm(VmType.SEV_SNP)
-    add_memfd(vm)
-    add_slot(vm, 0, 100, 16)
-    vm.allocate("mfd_a", 0, 4, NOW)
-    vm.convert([Range(110, 111, Attribute.SHARED)], NOW)
-    vm.drain_changes()
+    vm = bound_vm(VmType.SEV_SNP, allocated=4, shared=(110, 112), populated=(111, 112))
     with refused(vm, NotAllocated):
         vm.backed_page(105)  # private, memfd page is a hole
     with refused(vm, NotAllocated):
@@ -53,13 +56,7 @@ def test_holes_and_gfns_outside_memslots_are_refused_without_change() -> None:
 
 
 def test_backed_runs_cover_both_backings_and_skip_holes() -> None:
-    vm = new_vm(VmType.TDX)
-    add_memfd(vm)
-    add_slot(vm, 0, 100, 16)
-    vm.allocate("mfd_a", 0, 8, NOW)
-    vm.convert([Range(106, 110, Attribute.SHARED)], NOW)
-    vm.populate_shared(108, 110, NOW)
-    vm.drain_changes()
+    vm = bound_vm(VmType.TDX, allocated=8, shared=(106, 110), populated=(108, 110))
     assert list(vm.backed_runs(0, 1 << 20)) == [
         BackedRun(100, 6, "mfd_a", 0, "trusted-agent", "tdx-relocate"),
         BackedRun(108, 2, None, 108, "copy", None),
