@@ -81,6 +81,8 @@ class SimBackend:
         self._data: SortedDict[int, bytes] = SortedDict()
         self._vms: dict[str, _Vm] = {}
         self._adopted: dict[str, list[FrameRun]] = {}
+        # Recorded runs that could not be adopted, per VM: their rows are to be deleted.
+        self._stale: dict[str, list[FrameRun]] = {}
         self._faults: dict[str, list[str]] = {}
         self._lock = threading.RLock()
 
@@ -406,8 +408,8 @@ class SimBackend:
     # -- frame records and recovery ----------------------------------------------------------------
 
     def frame_changes(self, vm_id: str) -> FrameChanges:
-        changes = FrameChanges()
         with self._lock:
+            changes = FrameChanges(removed=self._stale.pop(vm_id, []))
             vm = self._vms.get(vm_id)
             if vm is None or not vm.dirty:
                 return changes
@@ -425,10 +427,17 @@ class SimBackend:
                 kept = []
                 for run in vm_runs:
                     try:
-                        for pfn, count in self._pool.by_node(run.pfn, run.npages):
-                            self._pool.take_at(pfn, count)
+                        self._pool.check_pfn(run.pfn)
+                        self._pool.check_pfn(run.pfn + run.npages - 1)
+                        if not self._pool.is_free(run.pfn, run.npages):
+                            raise BackendError("EBUSY", "frames recorded twice")
                     except BackendError:
-                        continue  # a record this host cannot honour (fewer frames now): place afresh
+                        # A record this host cannot honour (fewer frames now, or a frame recorded for two
+                        # pages): its row goes with the next drain, and the pages get fresh frames.
+                        self._stale.setdefault(vm_id, []).append(run)
+                        continue
+                    for pfn, count in self._pool.by_node(run.pfn, run.npages):
+                        self._pool.take_at(pfn, count)
                     kept.append(run)
                 self._adopted[vm_id] = kept
 
@@ -490,6 +499,7 @@ class SimBackend:
             self._vms.clear()
             self._data.clear()
             self._adopted.clear()
+            self._stale.clear()
             self._pool = FramePool(self._nodes, self._frames_per_node)
 
 

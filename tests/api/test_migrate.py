@@ -356,3 +356,20 @@ def test_allocate_on_a_chosen_node_and_507_when_it_is_full(
         # Unpinned, the same request lands on the emptiest node.
         ok(h.client.post(allocate, json={"offset": 40 * PAGE, "length": 30 * PAGE}))
         assert [n["used_pages"] for n in h.nodes()] == [30, 40]
+
+
+def test_frame_records_a_smaller_host_cannot_honour_are_replaced(
+    db_kind: str, request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    url = own_database(db_kind, request, tmp_path_factory)
+    with sim_host(url, numa_nodes=2, frames_per_node=1024) as h:
+        vm_id, _ = private_guest(h, "tdx", allocate=16 * PAGE)
+        ok(migrate(h, vm_id, gpa=BASE_GPA, size=16 * PAGE, target_node=1))
+        assert all(r.pfn >= 1024 for r in h.frame_rows(vm_id))
+    # Restarted with a single node: frames 1024 and up no longer exist.
+    with sim_host(url, numa_nodes=1, frames_per_node=1024) as h:
+        rows = h.frame_rows(vm_id)
+        assert sum(r.npages for r in rows) == 16
+        assert all(r.pfn < 1024 for r in rows)
+        assert h.read(vm_id, BASE_GPA)["pfn"] == rows[0].pfn
+        assert ok(h.client.get("/v1/host"))["reconcile"] == []
