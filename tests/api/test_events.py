@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -178,6 +179,12 @@ def test_an_event_older_than_the_retained_journal_is_410(
         with subscribe(h.server.url, f"/v1/vms/{other}/events", **{"Last-Event-ID": ops[-1]["id"]}) as stream:
             last = ok(h.client.patch(f"/v1/vms/{other}", json={"state": "running"}))
             assert stream.next()["generation"] == last["generation"]
+            assert h.broker.events.subscribers == 1
+        # A client that goes away stops being woken.
+        deadline = time.monotonic() + 10
+        while h.broker.events.subscribers and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert h.broker.events.subscribers == 0
 
 
 def test_streams_wait_at_a_pending_operation_until_it_is_applied(
