@@ -299,3 +299,18 @@ class PageView(BaseModel):
     encrypted: bool = Field(..., description="the frame holds ciphertext (private page of sev_snp / tdx)")
     data: str = Field(..., description="base64 of the page's 4096 bytes")
     generation: int
+
+
+class FrameRunView(BaseModel):
+    backing: str = Field(..., description="private (memfd pages) or shared (the shared backing)")
+    memfd_id: str | None
+    offset: int | None = Field(..., description="first byte in the memfd (private backing)")
+    gpa: int | None = Field(..., description="first gpa (shared backing)")
+    size: int
+    pfn: int = Field(..., description="the first of the run's consecutive host frames")
+
+
+class FrameRuns(BaseModel):
+    items: list[FrameRunView]
+    next_cursor: str | None
+    generation: int

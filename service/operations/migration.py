@@ -21,6 +21,7 @@ from ..domain.errors import (
     DomainError,
     FrameInUse,
     InsufficientMemory,
+    InvalidCursor,
     InvalidLength,
     NotAllocated,
     NotSupportedByKernel,
@@ -204,3 +205,38 @@ def write_gfn(broker: Broker, vm_id: str, gfn: int, view: str, *, offset: int, d
         except BackendError as err:
             raise _problem(err) from err
     return read_gfn(broker, vm_id, gfn, view)
+
+
+def frame_runs(broker: Broker, vm_id: str, *, limit: int, cursor: str | None) -> dict[str, Any]:
+    """The VM's frame runs as stored: which host frames back which pages, one item per row."""
+    after = _decode_frame_cursor(cursor) if cursor else None
+    with broker.locked(vm_id):
+        vm = broker.vm(vm_id)
+        with broker.uow() as uow:
+            runs = uow.frames.page(vm_id, after=after, limit=limit + 1)
+        generation = vm.generation
+    more = len(runs) > limit
+    runs = runs[:limit]
+    items = [
+        {
+            "backing": "private" if r.owner else "shared",
+            "memfd_id": r.owner or None,
+            "offset": to_bytes(r.start) if r.owner else None,
+            "gpa": None if r.owner else to_bytes(r.start),
+            "size": to_bytes(r.npages),
+            "pfn": r.pfn,
+        }
+        for r in runs
+    ]
+    next_cursor = f"f{runs[-1].start:x}.{runs[-1].owner}" if more else None
+    return {"items": items, "next_cursor": next_cursor, "generation": generation}
+
+
+def _decode_frame_cursor(cursor: str) -> tuple[str, int]:
+    start, _, owner = cursor[1:].partition(".")
+    try:
+        if not cursor.startswith("f"):
+            raise ValueError(cursor)
+        return owner, int(start, 16)
+    except ValueError:
+        raise InvalidCursor(f"cursor {cursor!r} was not issued by this service") from None

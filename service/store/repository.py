@@ -11,7 +11,7 @@ from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Connection, delete, func, insert, select
+from sqlalchemy import Connection, delete, func, insert, select, tuple_
 
 from ..backends.protocol import FrameChanges, FrameRun
 from ..domain.errors import Conflict
@@ -307,6 +307,14 @@ class SqlFrameRuns:
         if changes.added:
             rows = [(vm_id, r.owner, r.start, r.start + r.npages, r.pfn) for r in changes.added]
             execute_many(self._conn, sql.insert_frame_run, rows)
+
+    def page(self, vm_id: str, *, after: tuple[str, int] | None, limit: int) -> list[FrameRun]:
+        """Runs in (owner, start) order, after ``after``: a page of the VM's frame map."""
+        query = select(FrameRunRow).where(FrameRunRow.vm_id == vm_id)
+        if after is not None:
+            query = query.where(tuple_(FrameRunRow.owner, FrameRunRow.start) > tuple_(*after))
+        rows = self._conn.execute(query.order_by(FrameRunRow.owner, FrameRunRow.start).limit(limit))
+        return [FrameRun(r.owner, r.start, r.end - r.start, r.pfn) for r in rows]
 
     def of_vm(self, vm_id: str) -> list[FrameRun]:
         rows = self._conn.execute(

@@ -64,6 +64,15 @@ def test_a_fresh_gib_is_one_frame_run_and_a_migration_splits_it(
         vm_id, memfd_id = private_guest(h, "tdx", size=GIB, allocate=GIB)
         (run,) = h.frame_rows(vm_id)
         assert (run.owner, run.start, run.npages) == (memfd_id, 0, GIB // PAGE)
+        (item,) = ok(h.client.get(f"/v1/vms/{vm_id}/frames"))["items"]
+        assert item == {
+            "backing": "private",
+            "memfd_id": memfd_id,
+            "offset": 0,
+            "gpa": None,
+            "size": GIB,
+            "pfn": run.pfn,
+        }
         first = h.read(vm_id, BASE_GPA)["pfn"]
         assert first == run.pfn
         middle = BASE_GPA + 1000 * PAGE
@@ -76,6 +85,18 @@ def test_a_fresh_gib_is_one_frame_run_and_a_migration_splits_it(
             (1000, 1, moved["new_pfn"]),
             (1001, GIB // PAGE - 1001, run.pfn + 1001),
         ]
+        # The same runs through the API, a page at a time.
+        seen, cursor = [], None
+        while True:
+            page = ok(
+                h.client.get(f"/v1/vms/{vm_id}/frames", params={"limit": 1, **({"cursor": cursor} if cursor else {})})
+            )
+            seen += [(i["offset"] // PAGE, i["size"] // PAGE, i["pfn"]) for i in page["items"]]
+            cursor = page["next_cursor"]
+            if cursor is None:
+                break
+        assert seen == rows
+        problem(h.client.get(f"/v1/vms/{vm_id}/frames", params={"cursor": "zz"}), 422, "invalid-cursor")
 
 
 def test_frame_runs_and_placement_survive_a_restart(

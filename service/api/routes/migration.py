@@ -71,6 +71,25 @@ def migrate_page(
 
 
 @router.get(
+    "/frames",
+    response_model=schemas.FrameRuns,
+    summary="Which host frames back the VM's pages, as stored runs",
+    description="One item per stored row: a run of pages of one backing on consecutive host frames. A fresh "
+    "allocation on unfragmented frames is one run; moving a page out of it splits it. Empty where the backend "
+    "does not see frames (kvm).",
+    responses=responses("not-found", "invalid-cursor"),
+)
+def frames(
+    vm_id: str,
+    broker: BrokerDep,
+    limit: Annotated[int, Query(ge=1, le=10_000)] = 1000,
+    cursor: Annotated[str | None, Query(description="next_cursor of the previous page")] = None,
+) -> JSONResponse:
+    body = migration.frame_runs(broker, vm_id, limit=limit, cursor=cursor)
+    return with_etag(body, body["generation"])
+
+
+@router.get(
     "/gfns/{gfn}",
     response_model=schemas.PageView,
     summary="Read a guest page: the guest's view or the host frame's raw bytes",
