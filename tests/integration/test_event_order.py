@@ -14,6 +14,8 @@ from service.operations.broker import Broker
 from service.store.db import make_engine
 from service.store.uow import SqlUnitOfWork
 
+from ..api.sim_host import own_database
+
 
 def _op(op_id: str) -> Operation:
     return Operation(
@@ -30,10 +32,11 @@ def _op(op_id: str) -> Operation:
     )
 
 
-def test_a_hole_in_seq_holds_the_stream_until_it_commits_or_the_grace_passes(db_kind: str, fresh_db_url: str) -> None:
-    if db_kind != "postgresql":
-        pytest.skip("SQLite runs one write transaction at a time: rows commit in seq order")
-    engine = make_engine(fresh_db_url)
+def test_a_hole_in_seq_holds_the_stream_until_it_commits_or_the_grace_passes(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    # PostgreSQL only: SQLite runs one write transaction at a time, so its rows commit in seq order.
+    engine = make_engine(own_database("postgresql", request, tmp_path_factory))
     broker = Broker(uow=lambda: SqlUnitOfWork(engine), backend=SimBackend())
     position = events.open_position(broker, None, None)
 
