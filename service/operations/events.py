@@ -90,7 +90,11 @@ def open_position(broker: Broker, vm_id: str | None, last_event_id: str | None) 
     """Where a new stream starts: right after ``last_event_id``, or at the journal's end."""
     with broker.uow() as uow:
         if last_event_id is None:
-            seq = uow.journal.last_seq()
+            # The journal's end, or just before the oldest operation still pending: a stream opened
+            # while one is in flight must not miss it (its event carries a generation that a client
+            # which read the extent map meanwhile can compare to skip it).
+            pending = [op.seq for op in uow.journal.pending() if op.seq is not None and vm_id in (None, op.vm_id)]
+            seq = min([uow.journal.last_seq(), *(s - 1 for s in pending)])
             known = vm_id is None or bool(uow.journal.list(vm_id, after_seq=0, limit=1))
         else:
             op = uow.journal.by_id(last_event_id)

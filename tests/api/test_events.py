@@ -199,12 +199,16 @@ def test_streams_wait_at_a_pending_operation_until_it_is_applied(
             h.sim.inject_fault("punch_hole", "EIO")
             ranges = [{"gpa": BASE_GPA, "size": PAGE, "to": "shared"}]
             stuck = problem(h.client.post(f"/v1/vms/{a}/convert", json={"ranges": ranges}), 503, "replay-pending")
-            later_b = ok(h.client.patch(f"/v1/vms/{b}", json={"state": "running"}))
-            # A's next mutation replays the pending one first; only then do events flow, in journal order.
-            later_a = ok(h.client.patch(f"/v1/vms/{a}", json={"state": "running"}))
-            events = stream.take(3)
-            assert events[0]["id"] == stuck["operation_id"]
-            assert [(e["vm_id"], e["generation"]) for e in events[1:]] == [
-                (b, later_b["generation"]),
-                (a, later_a["generation"]),
-            ]
+            # A stream opened while the operation is in flight does not miss it either.
+            with subscribe(h.server.url, "/v1/events") as late, subscribe(h.server.url, f"/v1/vms/{a}/events") as of_a:
+                later_b = ok(h.client.patch(f"/v1/vms/{b}", json={"state": "running"}))
+                # A's next mutation replays the pending one first; only then do events flow, in journal order.
+                later_a = ok(h.client.patch(f"/v1/vms/{a}", json={"state": "running"}))
+                events = stream.take(3)
+                assert events[0]["id"] == stuck["operation_id"]
+                assert [(e["vm_id"], e["generation"]) for e in events[1:]] == [
+                    (b, later_b["generation"]),
+                    (a, later_a["generation"]),
+                ]
+                assert late.take(3) == events
+                assert of_a.take(2) == [events[0], events[2]]
