@@ -74,13 +74,15 @@ class MoveRequest:
 class FrameMove:
     """One planned move: pages ``[ref.index, ref.index + npages)`` from frames at ``old_pfn`` to
     frames at ``new_pfn`` (both runs consecutive) on ``node``. Frames are None where the backend
-    does not see them (kvm)."""
+    does not see them (kvm). ``method`` names how the backend moves them when that is not the
+    broker's choice (copy / trusted-agent), as kvm's ``move_pages``."""
 
     ref: PageRef
     npages: int
     old_pfn: int | None
     new_pfn: int | None
     node: int
+    method: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,7 +137,8 @@ class MemoryBackend(Protocol):
     # -- frames, migration and page contents -------------------------------------------------
     def plan_moves(self, vm_id: str, requests: list[MoveRequest]) -> list[FrameMove]:
         """Choose destinations for a batch of moves without changing anything (all or nothing:
-        raises BackendError ENODEV unknown node, ENOMEM target full, EBUSY frame in use)."""
+        raises BackendError ENODEV unknown node, ENOMEM target full, EBUSY frame in use, ERANGE no
+        such frame, EOPNOTSUPP a page this kernel cannot move, e.g. guest_memfd pages on kvm)."""
         ...
 
     def move_frames(self, vm_id: str, move: FrameMove, method: str) -> None:

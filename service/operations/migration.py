@@ -92,7 +92,7 @@ def _record(
                 move.old_pfn,
                 move.new_pfn,
                 move.node,
-                run.method,
+                move.method or run.method,
             )
         )
         items.append(
@@ -103,7 +103,7 @@ def _record(
                 "old_pfn": move.old_pfn,
                 "new_pfn": move.new_pfn,
                 "node": move.node,
-                "method": run.method,
+                "method": move.method or run.method,
                 "agent": run.agent,
             }
         )
