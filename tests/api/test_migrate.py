@@ -394,3 +394,33 @@ def test_frame_records_a_smaller_host_cannot_honour_are_replaced(
         assert all(r.pfn < 1024 for r in rows)
         assert h.read(vm_id, BASE_GPA)["pfn"] == rows[0].pfn
         assert ok(h.client.get("/v1/host"))["reconcile"] == []
+
+
+def test_a_frame_taken_between_plan_and_move_is_a_clean_refusal(host: SimHost) -> None:
+    """Another VM may take the planned frame before the move runs: the move is undone, not doubled."""
+    vm_id, _ = private_guest(host, "tdx", allocate=4 * PAGE)
+    before = state(host, vm_id)
+    host.sim.inject_fault("move_frames", "EBUSY")
+    doc = problem(migrate(host, vm_id, gpa=BASE_GPA, target_node=1), 409, "frame-in-use")
+    assert state(host, vm_id) == before
+    op = ok(host.client.get(f"/v1/vms/{vm_id}/operations"))["items"][-1]
+    assert (op["kind"], op["status"], op["error"]["code"]) == ("migrate-page", "failed", "frame-in-use")
+    assert doc["errno"] == "EBUSY"
+    # Two VMs racing for one frame: one gets it, the other a refusal, and the frame backs one page.
+    other, _ = private_guest(host, "tdx", allocate=PAGE)
+    target = next(p for p in range(2 * FRAMES_PER_NODE - 1, 0, -1) if host.sim._pool.is_free(p))
+    results: list[int] = []
+
+    def race(vm: str) -> None:
+        with httpx.Client(base_url=host.server.url, timeout=60) as c:
+            results.append(
+                c.post(f"/v1/vms/{vm}/migrate-page", json={"gpa": BASE_GPA, "target_pfn": target}).status_code
+            )
+
+    threads = [threading.Thread(target=race, args=(v,)) for v in (vm_id, other)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(results) == [200, 409]
+    assert sorted(host.read(v, BASE_GPA)["pfn"] == target for v in (vm_id, other)) == [False, True]
