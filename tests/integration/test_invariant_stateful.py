@@ -31,15 +31,17 @@ from service.domain.errors import (
     DomainError,
     ForeignMemfd,
     InvalidTransition,
+    NotAllocated,
     NotFound,
     OutOfRange,
     Overlap,
     PrivateInUse,
     SlotInUse,
+    UnknownNode,
 )
 from service.domain.units import PAGE_SIZE
 from service.operations import memfds as memfd_ops
-from service.operations import population, queries
+from service.operations import migration, population, queries
 from service.operations import vms as vm_ops
 from service.operations.broker import Broker
 from service.operations.journal import Outcome, RequestMeta
@@ -628,6 +630,23 @@ class BrokerMachine(RuleBasedStateMachine):
             self.m.state = state
             assert out.generation == out.body["generation"] == self.m.generation
         assert out.body["state"] == state
+
+    @rule(data=st.data(), node=st.integers(0, 2))
+    def migrate_page(self, data: st.DataObject, node: int) -> None:
+        """Move the page a gfn uses; the model has no frames, check_sim compares the stored runs."""
+        m = self.m
+        if not m.attribute:
+            return
+        g = data.draw(st.sampled_from(sorted(m.attribute)), label="gfn")
+        backed = m.private_allocated(g) if m.attribute[g] == "private" else g in m.shared
+        predicted = None if backed and node < 2 else (UnknownNode if backed else NotAllocated)
+        move = migration.Move(g * PAGE_SIZE, node, None)
+        out = self.attempt(
+            predicted, lambda: migration.migrate_pages(self.broker, self.vm_id, moves=[move], batch=False, meta=META)
+        )
+        if out is not None:
+            self.bumped(out)
+            assert out.body["node"] == node
 
     @rule()
     def drop_cache(self) -> None:
