@@ -130,3 +130,23 @@ def test_serve_stops_on_sigterm_with_an_event_stream_open(tmp_path: Path) -> Non
         if proc.poll() is None:
             proc.kill()
             proc.wait(30)
+
+
+def test_prune_journal_keeps_the_newest_operations(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'b.db'}"
+    upgrade(url)
+    proc, base = start(url, tmp_path)
+    try:
+        with httpx.Client(base_url=base, timeout=30) as c:
+            vm_id, _ = guest(c, MIB)  # three operations: VM, memfd, memslot
+    finally:
+        proc.terminate()
+        proc.wait(30)
+    pruned = run_cli(["db", "prune-journal", "--keep", "1"], url, tmp_path)
+    assert pruned.returncode == 0, pruned.stderr
+    assert "2 operation(s) pruned" in pruned.stdout
+    engine = create_engine(url)
+    with engine.connect() as conn:
+        kinds = conn.execute(text("SELECT kind FROM operations WHERE vm_id = :v"), {"v": vm_id}).scalars().all()
+    engine.dispose()
+    assert kinds == ["create-memslot"]
