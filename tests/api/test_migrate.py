@@ -281,6 +281,11 @@ def test_refusals_change_nothing(host: SimHost) -> None:
     problem(host.client.get(f"/v1/vms/{vm_id}/gfns/{(BASE_GPA >> 12) + 9}"), 409, "not-allocated")
     problem(host.client.get(f"/v1/vms/{vm_id}/gfns/1"), 422, "out-of-range")
     problem(host.client.get(f"/v1/vms/{vm_id}/gfns/{BASE_GPA >> 12}", params={"view": "x"}), 422, "validation-error")
+    page = f"/v1/vms/{vm_id}/gfns/{BASE_GPA >> 12}"
+    problem(host.client.put(page, json={"data": "not base64!"}), 422, "validation-error")
+    problem(host.client.put(page, json={"data": "QUJD", "offset": PAGE - 2}), 422, "out-of-range")
+    problem(host.client.put(page, json={"data": "QUJD", "offset": PAGE}), 422, "validation-error")
+    assert state(host, vm_id) == before
 
 
 def test_a_full_target_node_is_507_and_changes_nothing(

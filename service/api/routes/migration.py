@@ -9,13 +9,17 @@ from typing import Annotated
 from fastapi import APIRouter, Path, Query
 from fastapi.responses import JSONResponse
 
-from ...domain.errors import InvalidLength
+from ...domain.errors import DomainError
 from ...operations import migration
 from .. import schemas
 from ..deps import BrokerDep, MetaDep, respond, with_etag
 from ..problems import responses
 
 router = APIRouter(prefix="/v1/vms/{vm_id}", tags=["migration"])
+
+
+class NotBase64(DomainError):
+    code = "validation-error"
 
 GfnPath = Annotated[int, Path(ge=0, lt=1 << 52, description="guest frame number (gpa / 4096)")]
 ViewQuery = Annotated[
@@ -105,7 +109,7 @@ def read_gfn(vm_id: str, gfn: GfnPath, broker: BrokerDep, view: ViewQuery = sche
     response_model=schemas.PageView,
     summary="Write bytes into a guest page, as the guest (sealed for its frame) or as the host (raw)",
     description="For tests and debugging; contents are not journalled and do not bump the generation.",
-    responses=responses("not-found", "out-of-range", "not-allocated", "invalid-length", "not-supported-by-kernel"),
+    responses=responses("not-found", "out-of-range", "not-allocated", "not-supported-by-kernel"),
 )
 def write_gfn(
     vm_id: str, gfn: GfnPath, body: schemas.PageWrite, broker: BrokerDep, view: ViewQuery = schemas.ViewName.guest
@@ -113,6 +117,6 @@ def write_gfn(
     try:
         data = base64.b64decode(body.data, validate=True)
     except (binascii.Error, ValueError):
-        raise InvalidLength("data must be base64") from None
+        raise NotBase64("data: not valid base64") from None
     page = migration.write_gfn(broker, vm_id, gfn, view.value, offset=body.offset, data=data)
     return with_etag(page, page["generation"])
