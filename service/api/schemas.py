@@ -209,6 +209,7 @@ class NumaNodeView(BaseModel):
     total_pages: int
     free_pages: int
     used_pages: int
+    first_pfn: int | None = Field(None, description="the node's frames start here (sim); null where not visible")
 
 
 class Host(BaseModel):

@@ -26,6 +26,8 @@ class NumaNode:
     id: int
     total_pages: int
     free_pages: int
+    # The node's frames are [first_pfn, first_pfn + total_pages) where the backend sees frames (sim).
+    first_pfn: int | None = None
 
 
 @dataclass(slots=True)

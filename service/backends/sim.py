@@ -102,7 +102,8 @@ class SimBackend:
 
     def host_info(self) -> HostInfo:
         with self._lock:
-            nodes = [NumaNode(n, self._frames_per_node, self._pool.free(n)) for n in range(self._nodes)]
+            fpn = self._frames_per_node
+            nodes = [NumaNode(n, fpn, self._pool.free(n), n * fpn) for n in range(self._nodes)]
         return HostInfo(
             backend=self.name,
             page_size=PAGE_SIZE,

@@ -50,6 +50,7 @@ def test_host_reports_free_and_used_frames_per_node(host: SimHost) -> None:
     before = host.nodes()
     assert [n["id"] for n in before] == [0, 1]
     assert all(n["total_pages"] == FRAMES_PER_NODE for n in before)
+    assert [n["first_pfn"] for n in before] == [0, FRAMES_PER_NODE]
     assert all(n["used_pages"] + n["free_pages"] == n["total_pages"] for n in before)
     private_guest(host, "sw_protected", allocate=MIB)
     after = host.nodes()
