@@ -35,33 +35,50 @@ GAP_GRACE_SECONDS = 0.5
 BATCH = 500
 
 
+class Subscription:
+    """One open stream's wake-up call: ``event`` is set after a commit that may concern it."""
+
+    __slots__ = ("at_pending", "event", "loop", "vm_id")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, vm_id: str | None) -> None:
+        self.loop = loop
+        self.event = asyncio.Event()
+        self.vm_id = vm_id
+        # Stopped at a pending operation (or reading, which may stop at one): its finish, a commit
+        # that adds no journal row, must wake the stream too.
+        self.at_pending = True
+
+
 class EventHub:
     """Wakes open event streams after a commit; costs an emptiness check when none is open."""
 
     def __init__(self) -> None:
-        self._waiters: set[tuple[asyncio.AbstractEventLoop, asyncio.Event]] = set()
+        self._waiters: set[Subscription] = set()
         self._lock = threading.Lock()
 
-    def notify(self) -> None:
+    def notify(self, vm_ids: frozenset[str] = frozenset()) -> None:
+        """A transaction committed; ``vm_ids`` are the VMs it added journal rows for."""
         if not self._waiters:
             return
         with self._lock:
             waiters = list(self._waiters)
-        for loop, event in waiters:
-            if not event.is_set():
-                loop.call_soon_threadsafe(event.set)
+        for sub in waiters:
+            # A VM's stream sleeps through other VMs' commits: with a VMM subscribed per VM, a
+            # mutation wakes one stream (and the host-wide ones), not all of them.
+            if (sub.vm_id is None or sub.vm_id in vm_ids or sub.at_pending) and not sub.event.is_set():
+                sub.loop.call_soon_threadsafe(sub.event.set)
 
     @contextmanager
-    def subscription(self) -> Iterator[asyncio.Event]:
-        """An event set after each commit, for the life of one stream (call from its event loop)."""
-        entry = (asyncio.get_running_loop(), asyncio.Event())
+    def subscription(self, vm_id: str | None) -> Iterator[Subscription]:
+        """The wake-up call of one stream, of one VM or (None) all; use from the stream's event loop."""
+        sub = Subscription(asyncio.get_running_loop(), vm_id)
         with self._lock:
-            self._waiters.add(entry)
+            self._waiters.add(sub)
         try:
-            yield entry[1]
+            yield sub
         finally:
             with self._lock:
-                self._waiters.discard(entry)
+                self._waiters.discard(sub)
 
     @property
     def subscribers(self) -> int:
@@ -84,6 +101,8 @@ class EventBatch:
     more: bool = False
     # Seconds until a held hole should be passed; None when the stream is not holding.
     retry_in: float | None = None
+    # Stopped at an operation still pending.
+    at_pending: bool = False
 
 
 def open_position(broker: Broker, vm_id: str | None, last_event_id: str | None) -> StreamPosition:
@@ -121,6 +140,7 @@ def read_events(broker: Broker, position: StreamPosition) -> EventBatch:
         assert op.seq is not None
         if op.status is OperationStatus.PENDING:
             batch.more = False
+            batch.at_pending = True
             break
         if position.vm_id is None and op.seq != position.seq + 1:
             now = time.monotonic()

@@ -205,8 +205,11 @@ def _to_operation(row: Any) -> Operation:
 class SqlJournal:
     def __init__(self, conn: Connection) -> None:
         self._conn = conn
+        # VMs this transaction adds operations for: whose event streams its commit wakes.
+        self.vm_ids: set[str] = set()
 
     def add(self, op: Operation) -> None:
+        self.vm_ids.add(op.vm_id)
         sql = hot(self._conn)
         params = (
             op.id,

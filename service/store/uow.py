@@ -11,7 +11,7 @@ from .repository import SqlFrameRuns, SqlJournal, SqlVmRepository
 
 
 class SqlUnitOfWork:
-    def __init__(self, engine: Engine, on_commit: Callable[[], None] | None = None) -> None:
+    def __init__(self, engine: Engine, on_commit: Callable[[frozenset[str]], None] | None = None) -> None:
         self._engine = engine
         self._conn: Connection | None = None
         # Told after every commit: how event streams learn the journal moved, without polling.
@@ -40,4 +40,5 @@ class SqlUnitOfWork:
         assert self._conn is not None
         self._conn.commit()
         if self._on_commit is not None:
-            self._on_commit()
+            self._on_commit(frozenset(self.journal.vm_ids))
+            self.journal.vm_ids.clear()

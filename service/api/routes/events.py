@@ -46,16 +46,20 @@ def _frame(event: dict[str, Any]) -> str:
 
 async def _stream(request: Request, broker: Broker, position: events.StreamPosition) -> AsyncIterator[str]:
     loop = asyncio.get_running_loop()
-    with broker.events.subscription() as wake:
+    with broker.events.subscription(position.vm_id) as sub:
         yield "retry: 2000\n\n"
         last_read = -MIN_READ_INTERVAL
         while True:
             pause = last_read + MIN_READ_INTERVAL - loop.time()
             if pause > 0:
                 await asyncio.sleep(pause)
-            wake.clear()  # before reading: a commit during the read wakes the next wait
+            # Both before reading: a commit during the read, even one finishing an operation the
+            # read finds pending, wakes the next wait.
+            sub.event.clear()
+            sub.at_pending = True
             last_read = loop.time()
             batch = await run_in_threadpool(events.read_events, broker, position)
+            sub.at_pending = batch.at_pending
             for event in batch.events:
                 yield _frame(event)
             if position.ended:
@@ -63,7 +67,7 @@ async def _stream(request: Request, broker: Broker, position: events.StreamPosit
             if batch.more:
                 continue
             try:
-                await asyncio.wait_for(wake.wait(), timeout=batch.retry_in or KEEPALIVE_SECONDS)
+                await asyncio.wait_for(sub.event.wait(), timeout=batch.retry_in or KEEPALIVE_SECONDS)
             except TimeoutError:
                 if await request.is_disconnected():
                     return
