@@ -15,11 +15,12 @@ from . import __version__
 from .api import auth, metrics, problems
 from .api.deps import Handoff
 from .api.middleware import BodyLimitMiddleware, RequestIdMiddleware
-from .api.routes import memfds, memory, memslots, system, vms
+from .api.routes import events, memfds, memory, memslots, migration, system, vms
 from .backends.factory import make_backend
 from .backends.protocol import MemoryBackend
 from .handoff_server import HandoffServer
 from .operations.broker import Broker
+from .operations.events import EventHub
 from .operations.handoff import Tickets
 from .operations.recovery import recover
 from .settings import Settings
@@ -32,6 +33,8 @@ TAGS = [
     {"name": "memfds", "description": "guest_memfds: create, allocate, punch-hole, extents."},
     {"name": "memslots", "description": "Bindings of gpa ranges to memfd offsets."},
     {"name": "memory", "description": "Private/shared conversion, the VM's extent map, the journal."},
+    {"name": "migration", "description": "migrate-page, and the guest's and the host's view of a page."},
+    {"name": "events", "description": "The journal as server-sent events, per VM and host-wide."},
     {"name": "host", "description": "The backend and what the kernel offers."},
     {"name": "health", "description": "Liveness, readiness and Prometheus metrics (no token needed)."},
     {"name": "problems", "description": "RFC 9457 problem types."},
@@ -55,6 +58,13 @@ def create_app(
     broker = Broker(uow=lambda: SqlUnitOfWork(engine), backend=backend, max_batch=settings.max_batch)
     # Absolute, because the path is told to clients that may run in another directory.
     handoff = Handoff(Tickets(settings.handoff_ticket_seconds), os.path.abspath(settings.handoff_socket))
+    hub = EventHub()
+    broker = Broker(
+        uow=lambda: SqlUnitOfWork(engine, on_commit=hub.notify),
+        backend=backend,
+        max_batch=settings.max_batch,
+        events=hub,
+    )
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -89,7 +99,7 @@ def create_app(
     app.state.handoff = handoff
     app.state.metrics = observed = metrics.Metrics()
     observed.watch(broker)
-    for module in (memory, vms, memfds, memslots, system, metrics):
+    for module in (memory, vms, memfds, memslots, migration, events, system, metrics):
         app.include_router(module.router)
     problems.install(app)
     # Middleware added last runs first: request id, metrics (and access log), the token check, the body limit.

@@ -13,6 +13,10 @@ import typer
 from . import cli_commands
 from .settings import Settings
 
+# Event streams never finish on their own; without a bound, shutdown would wait for them forever.
+# Their clients reconnect with Last-Event-ID.
+GRACEFUL_SHUTDOWN_SECONDS = 3
+
 cli = typer.Typer(
     help="gmem-broker: the control plane for confidential-VM private memory.",
     no_args_is_help=True,
@@ -64,9 +68,23 @@ def serve(
     # log_config=None keeps uvicorn from replacing the handlers `configure` installed.
     if uds is None:
         port = port if port is not None else settings.port
-        uvicorn.run(app, host=bind_host, port=port, log_level=settings.log_level, access_log=False, log_config=None)
+        uvicorn.run(
+            app,
+            host=bind_host,
+            port=port,
+            log_level=settings.log_level,
+            access_log=False,
+            log_config=None,
+            timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS,
+        )
         return
-    config = uvicorn.Config(app, log_level=settings.log_level, access_log=False, log_config=None)
+    config = uvicorn.Config(
+        app,
+        log_level=settings.log_level,
+        access_log=False,
+        log_config=None,
+        timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS,
+    )
     # uvicorn re-raises the SIGTERM it caught once it has shut down; exiting through Python instead
     # lets the listener remove its socket file.
     signal.signal(signal.SIGTERM, _exit_on_signal)
@@ -104,6 +122,21 @@ def db_status() -> None:
     if not status.ok:
         typer.echo(status.problem(), err=True)
         raise typer.Exit(1)
+
+
+@db.command("prune-journal")
+def db_prune_journal(
+    keep: Annotated[int, typer.Option(min=0, help="finished operations to keep, newest first")] = 100_000,
+) -> None:
+    """Forget old finished operations; event streams resuming from before them get 410."""
+    from .operations.events import prune_journal
+    from .store.db import make_engine
+    from .store.uow import SqlUnitOfWork
+
+    settings = Settings()
+    engine = make_engine(settings.database_url)
+    removed = prune_journal(lambda: SqlUnitOfWork(engine), keep)
+    typer.echo(f"gmem-broker: {removed} operation(s) pruned from the journal")
 
 
 @cli.command()

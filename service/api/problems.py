@@ -102,6 +102,17 @@ CATALOGUE: dict[str, ProblemType] = {
     "ticket-unknown": ProblemType(403, "Unknown ticket", "The export ticket was not issued by this broker."),
     "ticket-used": ProblemType(403, "Ticket used", "An export ticket is good for one fd only."),
     "ticket-expired": ProblemType(403, "Ticket expired", "Export tickets are valid for 60 seconds."),
+    "not-allocated": ProblemType(
+        409, "Not allocated", "The page the gpa uses (private or shared backing) has no allocated page to act on."
+    ),
+    "frame-in-use": ProblemType(409, "Frame in use", "The target host frame already backs a page (EBUSY)."),
+    "unknown-node": ProblemType(422, "Unknown NUMA node", "The target NUMA node is not online on this host (ENODEV)."),
+    "events-expired": ProblemType(
+        410,
+        "Events expired",
+        "Last-Event-ID names an operation no longer in the retained journal: re-read the extent map, then "
+        "subscribe afresh.",
+    ),
     "validation-error": ProblemType(422, "Invalid request", "The request does not match the schema."),
     "unauthorized": ProblemType(
         401, "Unauthorized", "The request needs an `Authorization: Bearer <token>` header with a known token."

@@ -6,7 +6,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from ..domain.model import MAX_MEMSLOTS
 
@@ -124,6 +124,12 @@ class ByteRange(Strict):
     length: int = Field(..., ge=0, le=U64, examples=[1048576])
 
 
+class AllocateRange(ByteRange):
+    node: int | None = Field(
+        None, ge=0, le=1 << 16, description="NUMA node for the new pages (static placement, as mbind); default: any"
+    )
+
+
 class PunchHole(ByteRange):
     allow_private: bool = Field(False, description="punch allocated private pages of a running VM")
 
@@ -227,6 +233,8 @@ class NumaNodeView(BaseModel):
     id: int
     total_pages: int
     free_pages: int
+    used_pages: int
+    first_pfn: int | None = Field(None, description="the node's frames start here (sim); null where not visible")
 
 
 class Host(BaseModel):
@@ -247,3 +255,90 @@ class Host(BaseModel):
 class Health(BaseModel):
     status: str
     detail: str | None = None
+
+
+class MoveTarget(Strict):
+    gpa: int = Field(..., ge=0, le=U64, description="the page to move (page aligned)", examples=[4294967296])
+    target_node: int | None = Field(None, ge=0, le=1 << 16, description="any free frame of this NUMA node")
+    target_pfn: int | None = Field(None, ge=0, le=U64, description="exactly this free host frame")
+
+    @model_validator(mode="after")
+    def _one_target(self) -> MoveTarget:
+        if (self.target_node is None) == (self.target_pfn is None):
+            raise ValueError("give exactly one of target_node and target_pfn")
+        return self
+
+
+class MoveBatch(Strict):
+    moves: list[MoveTarget] = Field(..., min_length=1, description="all or nothing")
+
+
+class Evacuate(Strict):
+    gpa: int = Field(..., ge=0, le=U64, examples=[4294967296])
+    size: int = Field(..., ge=0, le=U64, examples=[1048576])
+    target_node: int = Field(..., ge=0, le=1 << 16)
+
+
+class PageMove(BaseModel):
+    gpa: int
+    size: int
+    backing: str = Field(..., description="private (the memfd page) or shared (the shared backing)")
+    old_pfn: int | None
+    new_pfn: int | None
+    node: int
+    method: str = Field(..., description="copy, trusted-agent (encrypted private pages) or move_pages (kvm)")
+    agent: str | None = Field(None, description="the firmware command modelled: tdx-relocate or snp-page-move")
+
+
+class Migrated(BaseModel):
+    """One page (the single form), a batch (``moves``), or a range (``moves`` and ``pages_moved``)."""
+
+    operation_id: str | None
+    generation: int
+    gpa: int | None = None
+    backing: str | None = None
+    old_pfn: int | None = None
+    new_pfn: int | None = None
+    node: int | None = None
+    method: str | None = None
+    agent: str | None = None
+    moves: list[PageMove] | None = None
+    pages_moved: int | None = None
+
+
+class ViewName(StrEnum):
+    guest = "guest"
+    host = "host"
+
+
+class PageWrite(Strict):
+    data: str = Field(..., description="base64 of the bytes to write", examples=["aGVsbG8="])
+    offset: int = Field(0, ge=0, lt=4096, description="byte offset inside the page")
+
+
+class PageView(BaseModel):
+    gfn: int
+    gpa: int
+    view: ViewName
+    backing: str
+    memfd_id: str | None
+    offset: int | None = Field(..., description="byte offset of the page in its memfd (private backing)")
+    pfn: int | None
+    encrypted: bool = Field(..., description="the frame holds ciphertext (private page of sev_snp / tdx)")
+    data: str = Field(..., description="base64 of the page's 4096 bytes")
+    generation: int
+
+
+class FrameRunView(BaseModel):
+    backing: str = Field(..., description="private (memfd pages) or shared (the shared backing)")
+    memfd_id: str | None
+    offset: int | None = Field(..., description="first byte in the memfd (private backing)")
+    gpa: int | None = Field(..., description="first gpa (shared backing)")
+    size: int
+    pfn: int = Field(..., description="the first of the run's consecutive host frames")
+
+
+class FrameRuns(BaseModel):
+    items: list[FrameRunView]
+    next_cursor: str | None
+    generation: int

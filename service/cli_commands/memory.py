@@ -12,6 +12,9 @@ from .batches import in_batches, read_rows, size_at
 from .session import Json, Session, Size, Url, VmId, fields, session, table
 from .sizes import format_size, size_value
 
+# The broker's page: every size it answers is a multiple of it.
+PAGE_SIZE = 4096
+
 memfd_app = typer.Typer(help="guest_memfds: create, list, show, delete.", no_args_is_help=True)
 memslot_app = typer.Typer(help="memslots: bind gpa ranges to memfd offsets.", no_args_is_help=True)
 
@@ -227,7 +230,7 @@ def migrate_page(
     with session(url, json_out) as s:
         if file is not None:
             results = in_batches(moves, batch, lambda chunk: s.client.migrate_pages(vm_id, chunk), "migrate", s.err)
-            _show_moves(s, [m for r in results for m in r.moves], results)
+            _show_moves(s, [m for r in results for m in r.moves or []], results)
             return
         if gpa is None:
             raise typer.BadParameter("give GPA, or --file")
@@ -235,12 +238,22 @@ def migrate_page(
             if node is None:
                 raise typer.BadParameter("--size evacuates to --node")
             result = s.client.evacuate(vm_id, gpa=gpa, size=size, target_node=node)
-            _show_moves(s, result.moves, result)
+            _show_moves(s, result.moves or [], result)
             return
         if (node is None) == (pfn is None):
             raise typer.BadParameter("give exactly one of --node and --pfn")
         moved = s.client.migrate_page(vm_id, gpa, target_node=node, target_pfn=pfn)
-        _show_moves(s, [moved], moved)
+        one = models.PageMove(
+            gpa=gpa,
+            size=PAGE_SIZE,
+            backing=moved.backing or "",
+            old_pfn=moved.old_pfn,
+            new_pfn=moved.new_pfn,
+            node=moved.node if moved.node is not None else -1,
+            method=moved.method or "",
+            agent=moved.agent,
+        )
+        _show_moves(s, [one], moved)
 
 
 def _moves(file: Path, node: int | None) -> list[tuple[int, int | None, int | None]]:
@@ -253,9 +266,12 @@ def _moves(file: Path, node: int | None) -> list[tuple[int, int | None, int | No
     return moves
 
 
-def _show_moves(s: Session, moves: list[models.Migrated], result: object) -> None:
-    rows = [(f"{m.gpa:#x}", m.old_pfn, m.new_pfn, m.node, m.method) for m in moves]
-    s.emit(result, table(["gpa", "old pfn", "new pfn", "node", "method"], rows, title=f"{len(moves)} page(s) moved"))
+def _show_moves(s: Session, moves: list[models.PageMove], result: object) -> None:
+    rows = [(f"{m.gpa:#x}", m.size // PAGE_SIZE, m.old_pfn, m.new_pfn, m.node, m.method) for m in moves]
+    pages = sum(m.size for m in moves) // PAGE_SIZE
+    s.emit(
+        result, table(["gpa", "pages", "old pfn", "new pfn", "node", "method"], rows, title=f"{pages} page(s) moved")
+    )
 
 
 def register(cli: typer.Typer) -> None:

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
 from typing import Self, TypeVar
 
 import httpx
 
+from . import models as m
+from . import sse
 from .calls import Call
+from .errors import ProblemError
 from .operations import Operations
 from .retry import RETRY_ERRORS, Options, decode, request_headers, request_kwargs, should_retry
 
@@ -48,6 +52,23 @@ class AsyncBrokerClient(Operations):
                     return decode(call, response)
             attempt += 1
             await asyncio.sleep(self.options.delay(attempt))
+
+    def vm_events(self, vm_id: str, last_event_id: str | None = None) -> AsyncIterator[m.Event]:
+        """The VM's journal as it happens, from after ``last_event_id`` (or now); ends after its deletion."""
+        return self._events(vm_id, last_event_id)
+
+    def host_events(self, last_event_id: str | None = None) -> AsyncIterator[m.Event]:
+        """Every VM's journal as it happens, from after ``last_event_id`` (or now)."""
+        return self._events(None, last_event_id)
+
+    async def _events(self, vm_id: str | None, last_event_id: str | None) -> AsyncIterator[m.Event]:
+        headers = {**self._http.headers, **sse.events_headers(last_event_id)}
+        async with self._http.stream("GET", sse.events_path(vm_id), headers=headers, timeout=None) as response:
+            if response.is_error:
+                await response.aread()
+                raise ProblemError.from_response(response)
+            async for event in sse.aparse(response.aiter_lines()):
+                yield event
 
     async def aclose(self) -> None:
         await self._http.aclose()

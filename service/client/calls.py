@@ -6,6 +6,7 @@ Integers are bytes (gpa, size, offset, length) unless named otherwise, as in the
 
 from __future__ import annotations
 
+import base64
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
@@ -196,16 +197,32 @@ def migrate_page(
     return Call("POST", f"{_vm(vm_id)}/migrate-page", _one(m.Migrated), json=body)
 
 
-def migrate_pages(vm_id: str, moves: Iterable[tuple[int, int | None, int | None]]) -> Call[m.MigratedBatch]:
+def migrate_pages(vm_id: str, moves: Iterable[tuple[int, int | None, int | None]]) -> Call[m.Migrated]:
     """A batch of ``(gpa, target_node, target_pfn)`` moves, one of the targets None; all-or-nothing."""
     body = {"moves": [{"gpa": gpa, **_target(node, pfn)} for gpa, node, pfn in moves]}
-    return Call("POST", f"{_vm(vm_id)}/migrate-page", _one(m.MigratedBatch), json=body)
+    return Call("POST", f"{_vm(vm_id)}/migrate-page", _one(m.Migrated), json=body)
 
 
-def evacuate(vm_id: str, gpa: int, size: int, target_node: int) -> Call[m.MigratedBatch]:
+def evacuate(vm_id: str, gpa: int, size: int, target_node: int) -> Call[m.Migrated]:
     """Move every allocated page of ``[gpa, gpa+size)`` to ``target_node`` (NUMA rebalancing, offlining)."""
     body = {"gpa": gpa, "size": size, "target_node": target_node}
-    return Call("POST", f"{_vm(vm_id)}/migrate-page", _one(m.MigratedBatch), json=body)
+    return Call("POST", f"{_vm(vm_id)}/migrate-page", _one(m.Migrated), json=body)
+
+
+def frames(vm_id: str, limit: int = 1000, cursor: str | None = None) -> Call[m.FrameRunPage]:
+    """Which host frames back the VM's pages, as stored runs (sim; empty on kvm)."""
+    return Call("GET", f"{_vm(vm_id)}/frames", _one(m.FrameRunPage), params=_query(limit=limit, cursor=cursor))
+
+
+def read_gfn(vm_id: str, gfn: int, view: str = "guest") -> Call[m.GuestPage]:
+    """A guest page as the guest reads it, or (``view="host"``) its frame's raw bytes: ciphertext when sealed."""
+    return Call("GET", f"{_vm(vm_id)}/gfns/{gfn}", _one(m.GuestPage), params={"view": view})
+
+
+def write_gfn(vm_id: str, gfn: int, data: bytes, offset: int = 0, view: str = "guest") -> Call[m.GuestPage]:
+    """Write ``data`` into a guest page at ``offset``, as the guest (sealed for its frame) or as the host."""
+    body = {"data": base64.b64encode(data).decode(), "offset": offset}
+    return Call("PUT", f"{_vm(vm_id)}/gfns/{gfn}", _one(m.GuestPage), json=body, params={"view": view})
 
 
 def vm_extents(

@@ -80,24 +80,34 @@ class Converted(Model):
     shared_pages_freed: int
 
 
-class Migrated(Model):
-    """One page moved (issue 4): the old frame, the new one, and how it was copied."""
+class PageMove(Model):
+    """One run of pages moved: from frame ``old_pfn`` on to ``new_pfn`` on ``node`` (``size`` bytes)."""
 
-    operation_id: str | None = None
-    generation: int | None = None
     gpa: int
+    size: int
+    backing: str  # private (the memfd page) or shared (the shared backing)
+    old_pfn: int | None
+    new_pfn: int | None
+    node: int
+    method: str  # copy, trusted-agent or move_pages
+    agent: str | None = None
+
+
+class Migrated(Model):
+    """The answer to every form of migrate-page: one page's move in its own fields (the single form),
+    or ``moves`` (a batch; a range, with ``pages_moved``). A range already in place has no operation."""
+
+    operation_id: str | None
+    generation: int
+    gpa: int | None = None
+    backing: str | None = None
     old_pfn: int | None = None
     new_pfn: int | None = None
     node: int | None = None
     method: str | None = None
-
-
-class MigratedBatch(Model):
-    """A batch of moves or an evacuated range: one operation, every page's move."""
-
-    operation_id: str
-    generation: int
-    moves: list[Migrated] = []
+    agent: str | None = None
+    moves: list[PageMove] | None = None
+    pages_moved: int | None = None
 
 
 class VmExtent(Model):
@@ -148,6 +158,8 @@ class NumaNode(Model):
     id: int
     total_pages: int
     free_pages: int
+    used_pages: int
+    first_pfn: int | None = None  # where the backend sees frames (sim)
 
 
 class Host(Model):
@@ -218,3 +230,43 @@ class Problem(BaseModel):
     def code(self) -> str:
         """The stable code: the last segment of ``type`` (``/problems/private-in-use`` -> ``private-in-use``)."""
         return self.type.rstrip("/").rsplit("/", 1)[-1]
+
+
+class FrameRun(Model):
+    """A run of a VM's pages of one backing on consecutive host frames (sim)."""
+
+    backing: str
+    memfd_id: str | None
+    offset: int | None
+    gpa: int | None
+    size: int
+    pfn: int
+
+
+class FrameRunPage(Model):
+    items: list[FrameRun]
+    next_cursor: str | None
+    generation: int
+
+
+class GuestPage(Model):
+    """A guest page as the guest reads it (``view="guest"``) or as its host frame holds it (``"host"``)."""
+
+    gfn: int
+    gpa: int
+    view: Literal["guest", "host"]
+    backing: str
+    memfd_id: str | None
+    offset: int | None
+    pfn: int | None
+    encrypted: bool
+    data: str  # base64 of the 4096 bytes
+    generation: int
+
+
+class Event(Model):
+    """One journal event off ``/v1/vms/{id}/events`` or ``/v1/events``: ``id`` is the operation id."""
+
+    id: str
+    kind: str
+    data: dict[str, Any]

@@ -79,5 +79,8 @@ class Operations:
     migrate_page = _Op(calls.migrate_page)
     migrate_pages = _Op(calls.migrate_pages)
     evacuate = _Op(calls.evacuate)
+    frames = _Op(calls.frames)
+    read_gfn = _Op(calls.read_gfn)
+    write_gfn = _Op(calls.write_gfn)
     vm_extents = _Op(calls.vm_extents)
     operations = _Op(calls.operations)

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 from typing import Self, TypeVar
 
 import httpx
 
 from . import models as m
+from . import sse
 from .calls import Call
+from .errors import ProblemError
 from .operations import Operations
 from .retry import RETRY_ERRORS, Options, decode, request_headers, request_kwargs, should_retry
 
@@ -74,6 +77,22 @@ class BrokerClient(Operations):
             items += page.items
             if (cursor := page.next_cursor) is None:
                 return items
+
+    def vm_events(self, vm_id: str, last_event_id: str | None = None) -> Iterator[m.Event]:
+        """The VM's journal as it happens, from after ``last_event_id`` (or now); ends after its deletion."""
+        return self._events(vm_id, last_event_id)
+
+    def host_events(self, last_event_id: str | None = None) -> Iterator[m.Event]:
+        """Every VM's journal as it happens, from after ``last_event_id`` (or now)."""
+        return self._events(None, last_event_id)
+
+    def _events(self, vm_id: str | None, last_event_id: str | None) -> Iterator[m.Event]:
+        headers = {**self._http.headers, **sse.events_headers(last_event_id)}
+        with self._http.stream("GET", sse.events_path(vm_id), headers=headers, timeout=None) as response:
+            if response.is_error:
+                response.read()
+                raise ProblemError.from_response(response)
+            yield from sse.parse(response.iter_lines())
 
     def close(self) -> None:
         self._http.close()

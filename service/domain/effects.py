@@ -78,6 +78,8 @@ class Allocate(Effect):
     memfd_id: str
     pgoff: int
     npages: int
+    # The NUMA node new pages must land on; None: wherever the backend places them.
+    node: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,6 +112,23 @@ class DiscardShared(Effect):
     npages: int
 
 
+@dataclass(frozen=True, slots=True)
+class MoveFrames(Effect):
+    """Move ``npages`` pages of a backing (memfd ``memfd_id`` at ``pgoff``, or with ``memfd_id`` ""
+    the shared backing at gfn ``pgoff``), bound at ``gfn``, from the frames at ``old_pfn`` to those
+    at ``new_pfn`` on ``node``, by ``method`` (copy or trusted-agent)."""
+
+    name: ClassVar[str] = "move-frames"
+    memfd_id: str
+    pgoff: int
+    gfn: int
+    npages: int
+    old_pfn: int | None
+    new_pfn: int | None
+    node: int
+    method: str
+
+
 EFFECT_TYPES: dict[str, type[Effect]] = {
     cls.name: cls
     for cls in (
@@ -124,13 +143,15 @@ EFFECT_TYPES: dict[str, type[Effect]] = {
         SetAttributes,
         PopulateShared,
         DiscardShared,
+        MoveFrames,
     )
 }
 
 
 def effect_from_json(data: dict[str, Any]) -> Effect:
     cls = EFFECT_TYPES[data["call"]]
-    kwargs = {f.name: data[f.name] for f in fields(cls)}
+    # A field missing from an older journal row takes its default.
+    kwargs = {f.name: data[f.name] for f in fields(cls) if f.name in data}
     if "flags" in kwargs:
         kwargs["flags"] = tuple(kwargs["flags"])
     return cls(**kwargs)

@@ -119,3 +119,19 @@ class VmLost(DomainError):
 
 class PrivatePage(DomainError):
     code = "private-page"
+
+
+class NotAllocated(DomainError):
+    code = "not-allocated"
+
+
+class FrameInUse(DomainError):
+    code = "frame-in-use"
+
+
+class UnknownNode(DomainError):
+    code = "unknown-node"
+
+
+class EventsExpired(DomainError):
+    code = "events-expired"

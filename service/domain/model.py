@@ -24,6 +24,7 @@ from .errors import (
     InUse,
     InvalidLength,
     InvalidTransition,
+    NotAllocated,
     NotFound,
     OutOfRange,
     Overlap,
@@ -47,6 +48,11 @@ class VmType(StrEnum):
     @property
     def has_private_memory(self) -> bool:
         return self is not VmType.DEFAULT
+
+    @property
+    def trusted_agent(self) -> str | None:
+        """The firmware command that relocates an encrypted private page (None: not encrypted)."""
+        return {VmType.SEV_SNP: "snp-page-move", VmType.TDX: "tdx-relocate"}.get(self)
 
 
 class VmState(StrEnum):
@@ -132,6 +138,19 @@ class VmExtent:
     attribute: Attribute
     private_allocated: bool
     shared_allocated: bool
+
+
+@dataclass(frozen=True, slots=True)
+class BackedRun:
+    """Allocated pages ``[gfn, gfn + npages)`` and what backs them: memfd ``memfd_id`` from
+    ``pgoff``, or (``memfd_id`` None) the shared backing, whose index is the gfn itself."""
+
+    gfn: int
+    npages: int
+    memfd_id: str | None
+    pgoff: int
+    method: str
+    agent: str | None
 
 
 MapKey = tuple[str, str]  # ("attribute" | "shared", "") or ("population", memfd_id)
@@ -459,7 +478,9 @@ class Vm:
                 errno="EINVAL",
             )
 
-    def allocate(self, memfd_id: str, pgoff: int, pgoff_end: int, now: datetime) -> tuple[int, list[fx.Effect]]:
+    def allocate(
+        self, memfd_id: str, pgoff: int, pgoff_end: int, now: datetime, *, node: int | None = None
+    ) -> tuple[int, list[fx.Effect]]:
         memfd = self.memfd(memfd_id)
         self._require_in_file(memfd, pgoff, pgoff_end, "allocate")
         for slot, gfn, gfn_end in self.bindings_of(memfd_id, pgoff, pgoff_end):
@@ -473,7 +494,7 @@ class Vm:
         self._begin(now)
         self._touched.add(memfd_id)
         added = memfd.population.set(pgoff, pgoff_end, Population.ALLOCATED)
-        return added, [fx.Allocate(self.id, memfd_id, pgoff, pgoff_end - pgoff)]
+        return added, [fx.Allocate(self.id, memfd_id, pgoff, pgoff_end - pgoff, node)]
 
     def punch_hole(
         self, memfd_id: str, pgoff: int, pgoff_end: int, now: datetime, *, allow_private: bool
@@ -572,6 +593,48 @@ class Vm:
                     gpa=to_bytes(gfn),
                 )
         return memfd.population.get(pgoff) is not None
+
+    # -- migration -------------------------------------------------------------------------------
+
+    def _move_method(self, memfd_id: str | None) -> tuple[str, str | None]:
+        agent = self.vm_type.trusted_agent if memfd_id is not None else None
+        return ("trusted-agent", agent) if agent is not None else ("copy", None)
+
+    def backed_page(self, gfn: int) -> BackedRun:
+        """The allocated page a gfn uses now: private gfns use the memfd, shared ones the shared backing."""
+        slots = list(self.slots_in(gfn, gfn + 1))
+        if not slots:
+            raise OutOfRange(f"gpa {to_bytes(gfn):#x} is not in any memslot of VM {self.id!r}", gpa=to_bytes(gfn))
+        slot = slots[0]
+        if self.attributes.get(gfn) is Attribute.PRIVATE:
+            pgoff = slot.pgoff + (gfn - slot.gfn)
+            if self.memfds[slot.memfd_id].population.get(pgoff) is None:
+                raise NotAllocated(
+                    f"gpa {to_bytes(gfn):#x} is private and its page of memfd {slot.memfd_id!r} is not allocated",
+                    gpa=to_bytes(gfn),
+                )
+            return BackedRun(gfn, 1, slot.memfd_id, pgoff, *self._move_method(slot.memfd_id))
+        if self.shared.get(gfn) is None:
+            raise NotAllocated(
+                f"gpa {to_bytes(gfn):#x} is shared and its shared backing is not allocated", gpa=to_bytes(gfn)
+            )
+        return BackedRun(gfn, 1, None, gfn, *self._move_method(None))
+
+    def backed_runs(self, gfn: int, gfn_end: int) -> Iterator[BackedRun]:
+        """Every allocated page of ``[gfn, gfn_end)`` (either backing), as runs, in gfn order."""
+        for slot in self.slots_in(gfn, gfn_end):
+            lo, hi = max(gfn, slot.gfn), min(gfn_end, slot.gfn_end)
+            shift = slot.pgoff - slot.gfn
+            population = self.memfds[slot.memfd_id].population
+            for start, end, (shared, pop) in sweep((self.shared, 0), (population, shift), start=lo, end=hi):
+                if pop is not None:
+                    yield BackedRun(start, end - start, slot.memfd_id, start + shift, *self._move_method(slot.memfd_id))
+                if shared is not None:
+                    yield BackedRun(start, end - start, None, start, *self._move_method(None))
+
+    def record_migration(self, now: datetime) -> None:
+        """Frames are the backend's business; moving pages changes the VM's mapping, so its generation."""
+        self._begin(now)
 
     # -- views -----------------------------------------------------------------------------------
 

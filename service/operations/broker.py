@@ -18,12 +18,13 @@ from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any
 
-from ..backends.protocol import MemoryBackend
+from ..backends.protocol import FrameMove, MemoryBackend, PageRef
 from ..domain import effects as fx
 from ..domain.errors import NotFound
 from ..domain.model import Vm
+from .events import EventHub
 from .lane import Lane
-from .ports import UnitOfWorkFactory
+from .ports import UnitOfWork, UnitOfWorkFactory
 
 log = logging.getLogger("gmem_broker")
 
@@ -50,11 +51,14 @@ class Broker:
         backend: MemoryBackend,
         clock: Callable[[], datetime] = utcnow,
         max_batch: int = 10_000,
+        events: EventHub | None = None,
     ) -> None:
         self.uow = uow
         self.backend = backend
         self.clock = clock
         self.max_batch = max_batch
+        # Wakes event streams; the unit of work factory calls events.notify after each commit.
+        self.events = events or EventHub()
         self._vms: dict[str, Vm] = {}
         self._lanes: dict[str, tuple[Lane, threading.Lock]] = {}
         self._registry_lock = threading.Lock()
@@ -107,6 +111,12 @@ class Broker:
         self._vms = {vm.id: vm for vm in vms}
         return vms
 
+    def record_frames(self, uow: UnitOfWork, vm_id: str) -> None:
+        """Mirror the frame runs the backend changed for a VM into ``uow`` (after its effects ran)."""
+        changes = self.backend.frame_changes(vm_id)
+        if changes:
+            uow.frames.apply(vm_id, changes)
+
     def execute(self, effects: list[fx.Effect]) -> None:
         """Apply effects in order; raises BackendError with ``.applied`` set to how many succeeded."""
         b = self.backend
@@ -125,8 +135,10 @@ class Broker:
                         b.bind_memslot(e.vm_id, e.slot, e.gfn, e.npages, e.memfd_id, e.pgoff)
                     case fx.UnbindMemslot():
                         b.unbind_memslot(e.vm_id, e.slot)
-                    case fx.Allocate():
+                    case fx.Allocate() if e.node is None:
                         b.allocate(e.vm_id, e.memfd_id, e.pgoff, e.npages)
+                    case fx.Allocate():
+                        b.allocate(e.vm_id, e.memfd_id, e.pgoff, e.npages, node=e.node)
                     case fx.PunchHole():
                         b.punch_hole(e.vm_id, e.memfd_id, e.pgoff, e.npages)
                     case fx.SetAttributes():
@@ -135,6 +147,9 @@ class Broker:
                         b.populate_shared(e.vm_id, e.gfn, e.npages)
                     case fx.DiscardShared():
                         b.discard_shared(e.vm_id, e.gfn, e.npages)
+                    case fx.MoveFrames():
+                        ref = PageRef(e.memfd_id or None, e.pgoff)
+                        b.move_frames(e.vm_id, FrameMove(ref, e.npages, e.old_pfn, e.new_pfn, e.node), e.method)
                     case _:
                         raise TypeError(f"unknown effect {e!r}")
             except Exception as exc:

@@ -15,6 +15,7 @@ from ..backends.protocol import BackendError
 from ..domain import effects as fx
 from ..domain.errors import (
     DomainError,
+    FrameInUse,
     IdempotencyKeyReused,
     InsufficientMemory,
     NotSupportedByKernel,
@@ -82,6 +83,8 @@ def backend_problem(err: BackendError) -> DomainError:
         return InsufficientMemory(err.message, errno=err.errno)
     if err.errno in ("EOPNOTSUPP", "ENOTTY", "ENOSYS"):
         return NotSupportedByKernel(err.message, errno=err.errno)
+    if err.errno == "EBUSY":
+        return FrameInUse(err.message, errno=err.errno)
     return BackendFailed(err.message, errno=err.errno)
 
 
@@ -119,6 +122,7 @@ def replay_pending(broker: Broker, vm_id: str | None = None) -> int:
             uow.journal.finish(
                 op.id, OperationStatus.APPLIED, result=op.result, error=None, response_status=op.response_status
             )
+            broker.record_frames(uow, op.vm_id)
             uow.commit()
         log.info("replayed pending operation %s (%s on %s)", op.id, op.kind, op.vm_id)
     if vm_id is None:

@@ -28,6 +28,9 @@ class Job:
     status_code: int = 200
     new_vm: Vm | None = None
     allowed_when_lost: bool = False  # the few mutations a VM whose kernel objects are gone still takes
+    # Staged only once the jobs before it have run, and runs before the jobs after it are staged: for a
+    # mutation whose plan reads the backend (free frames) rather than the aggregate alone.
+    alone: bool = False
     done: bool = False
     outcome: Outcome | None = None
     error: BaseException | None = None

@@ -84,9 +84,10 @@ def plan(
     status_code: int = 200,
     new_vm: Vm | None = None,
     allowed_when_lost: bool = False,
+    alone: bool = False,
 ) -> Job:
     """A mutation of one VM, ready to run; ``new_vm`` when the mutation creates it."""
-    return Job(vm_id, kind, request, meta, change, status_code, new_vm, allowed_when_lost)
+    return Job(vm_id, kind, request, meta, change, status_code, new_vm, allowed_when_lost, alone)
 
 
 def run(broker: Broker, job: Job) -> Outcome:
@@ -195,6 +196,9 @@ class _Batch:
                 break
             if key is not None:
                 keys.add(key)
+            if job.alone and self.staged:
+                self.lane.requeue(jobs[i:])  # the jobs staged so far run first
+                break
             try:
                 entry = _stage(broker, self.vm_id, job)
             except _Cut as cut:
@@ -213,8 +217,10 @@ class _Batch:
             if not self.staged:
                 self.first_write = len(self.processed) - 1
             self.staged.append(entry)
-            if entry.changes.created or entry.changes.deleted:
-                self.lane.requeue(jobs[i + 1 :])  # the cache changes with these: later jobs go next batch
+            if entry.changes.created or entry.changes.deleted or job.alone:
+                # The cache changes with the first two, the backend's free frames with the last: later
+                # jobs are staged in the next batch.
+                self.lane.requeue(jobs[i + 1 :])
                 break
         self._commit()
 
@@ -275,6 +281,7 @@ class _Batch:
             try:
                 with self.broker.uow() as uow:
                     uow.journal.mark_applied([s.op.id for s in applied])
+                    self.broker.record_frames(uow, self.vm_id)
                     uow.commit()
             except Exception:
                 # Effects applied and operations journalled; only the mark is missing. Replay is
@@ -320,6 +327,7 @@ class _Batch:
                 uow.journal.finish(failed.op.id, OperationStatus.FAILED, result=None, error=error, response_status=None)
                 uow.journal.discard([s.op.id for s in staged[k + 1 :]])
                 uow.journal.mark_applied([s.op.id for s in staged[:k]])
+                broker.record_frames(uow, self.vm_id)
                 uow.commit()
         except BaseException as exc:
             # The undo did not commit: k.. are still pending in the journal, and replay sorts them out.

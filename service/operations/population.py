@@ -6,7 +6,7 @@ from datetime import datetime
 from typing import Any
 
 from ..domain import effects as fx
-from ..domain.errors import BatchTooLarge, InvalidLength, UnsupportedAttribute
+from ..domain.errors import BatchTooLarge, InvalidLength, UnknownNode, UnsupportedAttribute
 from ..domain.model import Attribute, Range, Vm
 from ..domain.units import to_pages
 from .broker import Broker
@@ -15,14 +15,27 @@ from .lane import Job
 from .mutation import plan
 
 
-def allocate(broker: Broker, vm_id: str, memfd_id: str, *, offset: int, length: int, meta: RequestMeta) -> Job:
+def allocate(
+    broker: Broker,
+    vm_id: str,
+    memfd_id: str,
+    *,
+    offset: int,
+    length: int,
+    meta: RequestMeta,
+    node: int | None = None,
+) -> Job:
     pgoff, pgoff_end = to_pages(offset, length, what="allocate")
+    if node is not None and node not in {n.id for n in broker.backend.host_info().numa_nodes}:
+        raise UnknownNode(f"NUMA node {node} is not online on this host", errno="ENODEV")
 
     def change(vm: Vm, now: datetime, op_id: str) -> tuple[dict[str, Any], list[fx.Effect]]:
-        added, effects = vm.allocate(memfd_id, pgoff, pgoff_end, now)
+        added, effects = vm.allocate(memfd_id, pgoff, pgoff_end, now, node=node)
         return {"operation_id": op_id, "generation": vm.generation, "pages_allocated": added}, effects
 
-    request = {"memfd_id": memfd_id, "offset": offset, "length": length}
+    request: dict[str, Any] = {"memfd_id": memfd_id, "offset": offset, "length": length}
+    if node is not None:
+        request["node"] = node
     return plan(vm_id, "allocate", request, meta, change)
 
 

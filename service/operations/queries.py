@@ -148,7 +148,7 @@ def host(broker: Broker) -> dict[str, Any]:
         "memfd_flags": info.memfd_flags,
         "capabilities": info.capabilities,
         "enforcement": info.enforcement,
-        "numa_nodes": [asdict(n) for n in info.numa_nodes],
+        "numa_nodes": [{**asdict(n), "used_pages": n.total_pages - n.free_pages} for n in info.numa_nodes],
         "budget": {
             "total_pages": sum(n.total_pages for n in info.numa_nodes),
             "free_pages": sum(n.free_pages for n in info.numa_nodes),

@@ -16,6 +16,8 @@ def recover(broker: Broker) -> list[str]:
     memory went with them, so recreating empty objects would only hide that.
     """
     vms = broker.load_all()
+    with broker.uow() as uow:
+        broker.backend.adopt_frames(uow.frames.load_all())
     lost = {vm.id for vm in vms if vm.state is VmState.LOST or not broker.backend.restore(vm)}
     _abandon_pending(broker, lost)
     for vm in vms:
@@ -24,6 +26,11 @@ def recover(broker: Broker) -> list[str]:
             mark_lost(broker, vm.id)
 
     replay_pending(broker)
+    # Pages the records did not place (a crash before their rows were written) got fresh frames.
+    with broker.uow() as uow:
+        for vm in vms:
+            broker.record_frames(uow, vm.id)
+        uow.commit()
 
     # Replay changes the backend, never the stored extents: the VMs just loaded are the record.
     report = reconcile(broker, vms)

@@ -42,6 +42,14 @@ class HotSql:
         self.insert_extent = (
             f'INSERT INTO extents (vm_id, map, owner, start, "end", value) VALUES ({p}, {p}, {p}, {p}, {p}, {p})'
         )
+        self.insert_frame_run = (
+            f'INSERT INTO frame_runs (vm_id, owner, start, "end", pfn) VALUES ({p}, {p}, {p}, {p}, {p})'
+        )
+
+    def delete_frame_runs(self, n: int) -> str:
+        p = self._p
+        marks = ", ".join([p] * n)
+        return f"DELETE FROM frame_runs WHERE vm_id = {p} AND owner = {p} AND start IN ({marks})"
 
     def delete_extents(self, n: int) -> str:
         p = self._p

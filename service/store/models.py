@@ -96,3 +96,21 @@ class OperationRow(Base):
         Index("ix_operations_vm_id_seq", "vm_id", "seq"),
         Index("ix_operations_status", "status"),
     )
+
+
+class FrameRunRow(Base):
+    """Pages ``[start, end)`` of one backing on the consecutive host frames from ``pfn``.
+
+    ``owner`` is the memfd id, or "" for the VM's shared backing (where ``start`` is a gfn). A
+    fresh allocation on unfragmented frames is one row; moving a page out of it splits it.
+    """
+
+    __tablename__ = "frame_runs"
+
+    # No foreign key: rows are written after the backend call, in the transaction that marks the
+    # operation applied, and a VM's rows go with it (repository), not by cascade.
+    vm_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    owner: Mapped[str] = mapped_column(String(64), primary_key=True)
+    start: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    end: Mapped[int] = mapped_column(BigInteger)
+    pfn: Mapped[int] = mapped_column(BigInteger)

@@ -11,14 +11,15 @@ from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Connection, delete, insert, select
+from sqlalchemy import Connection, delete, func, insert, select, tuple_
 
+from ..backends.protocol import FrameChanges, FrameRun
 from ..domain.errors import Conflict
 from ..domain.extents import Extent, ExtentMap
 from ..domain.model import Attribute, Changes, Memfd, MemfdFlag, Memslot, Population, Vm, VmState, VmType
 from ..domain.operation import Operation, OperationStatus
 from .hotpath import execute, execute_many, hot
-from .models import ExtentRow, MemfdRow, MemslotRow, OperationRow, VmRow
+from .models import ExtentRow, FrameRunRow, MemfdRow, MemslotRow, OperationRow, VmRow
 
 _VALUE_TYPES: dict[str, type[Attribute] | type[Population]] = {
     "attribute": Attribute,
@@ -152,8 +153,10 @@ class SqlVmRepository:
                 )
             )
             conn.execute(delete(MemfdRow).where(MemfdRow.id == memfd.id))
+            conn.execute(delete(FrameRunRow).where(FrameRunRow.vm_id == vm.id, FrameRunRow.owner == memfd.id))
         if deleted:
             conn.execute(delete(ExtentRow).where(ExtentRow.vm_id == vm.id))
+            conn.execute(delete(FrameRunRow).where(FrameRunRow.vm_id == vm.id))
             conn.execute(delete(VmRow).where(VmRow.id == vm.id))
         elif not created:
             sql = hot(conn)
@@ -202,8 +205,11 @@ def _to_operation(row: Any) -> Operation:
 class SqlJournal:
     def __init__(self, conn: Connection) -> None:
         self._conn = conn
+        # VMs this transaction adds operations for: whose event streams its commit wakes.
+        self.vm_ids: set[str] = set()
 
     def add(self, op: Operation) -> None:
+        self.vm_ids.add(op.vm_id)
         sql = hot(self._conn)
         params = (
             op.id,
@@ -266,6 +272,28 @@ class SqlJournal:
         )
         return [_to_operation(r) for r in rows]
 
+    def after(self, after_seq: int, *, vm_id: str | None, limit: int) -> list[Operation]:
+        """Operations after ``after_seq`` in journal order, of one VM or of all."""
+        query = select(OperationRow).where(OperationRow.seq > after_seq)
+        if vm_id is not None:
+            query = query.where(OperationRow.vm_id == vm_id)
+        return [_to_operation(r) for r in self._conn.execute(query.order_by(OperationRow.seq).limit(limit))]
+
+    def by_id(self, op_id: str) -> Operation | None:
+        row = self._conn.execute(select(OperationRow).where(OperationRow.id == op_id)).first()
+        return _to_operation(row) if row is not None else None
+
+    def last_seq(self) -> int:
+        return int(self._conn.execute(select(func.coalesce(func.max(OperationRow.seq), 0))).scalar_one())
+
+    def prune(self, keep: int) -> int:
+        """Forget finished operations but the newest ``keep``; pending ones stay (they are replayed)."""
+        cut = self.last_seq() - keep
+        result = self._conn.execute(
+            delete(OperationRow).where(OperationRow.seq <= cut, OperationRow.status != OperationStatus.PENDING.value)
+        )
+        return int(result.rowcount)
+
     def list(self, vm_id: str, *, after_seq: int, limit: int) -> list[Operation]:
         rows = self._conn.execute(
             select(OperationRow)
@@ -274,3 +302,45 @@ class SqlJournal:
             .limit(limit)
         )
         return [_to_operation(r) for r in rows]
+
+
+class SqlFrameRuns:
+    """The frame runs the backend reports, mirrored as rows (one per run of consecutive frames)."""
+
+    def __init__(self, conn: Connection) -> None:
+        self._conn = conn
+
+    def apply(self, vm_id: str, changes: FrameChanges) -> None:
+        # Driver SQL like the extents: this runs after every mutation that moved frames.
+        sql = hot(self._conn)
+        by_owner: dict[str, list[int]] = defaultdict(list)
+        for run in changes.removed:
+            by_owner[run.owner].append(run.start)
+        for owner, starts in by_owner.items():
+            for chunk in _chunks(sorted(starts)):
+                execute(self._conn, sql.delete_frame_runs(len(chunk)), (vm_id, owner, *chunk)).close()
+        if changes.added:
+            rows = [(vm_id, r.owner, r.start, r.start + r.npages, r.pfn) for r in changes.added]
+            execute_many(self._conn, sql.insert_frame_run, rows)
+
+    def page(self, vm_id: str, *, after: tuple[str, int] | None, limit: int) -> list[FrameRun]:
+        """Runs in (owner, start) order, after ``after``: a page of the VM's frame map."""
+        query = select(FrameRunRow).where(FrameRunRow.vm_id == vm_id)
+        if after is not None:
+            query = query.where(tuple_(FrameRunRow.owner, FrameRunRow.start) > tuple_(*after))
+        rows = self._conn.execute(query.order_by(FrameRunRow.owner, FrameRunRow.start).limit(limit))
+        return [FrameRun(r.owner, r.start, r.end - r.start, r.pfn) for r in rows]
+
+    def of_vm(self, vm_id: str) -> list[FrameRun]:
+        rows = self._conn.execute(
+            select(FrameRunRow).where(FrameRunRow.vm_id == vm_id).order_by(FrameRunRow.owner, FrameRunRow.start)
+        )
+        return [FrameRun(r.owner, r.start, r.end - r.start, r.pfn) for r in rows]
+
+    def load_all(self) -> dict[str, list[FrameRun]]:
+        runs: dict[str, list[FrameRun]] = defaultdict(list)
+        for r in self._conn.execute(
+            select(FrameRunRow).order_by(FrameRunRow.vm_id, FrameRunRow.owner, FrameRunRow.start)
+        ):
+            runs[r.vm_id].append(FrameRun(r.owner, r.start, r.end - r.start, r.pfn))
+        return dict(runs)

@@ -2,23 +2,27 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from types import TracebackType
 
 from sqlalchemy import Connection, Engine
 
-from .repository import SqlJournal, SqlVmRepository
+from .repository import SqlFrameRuns, SqlJournal, SqlVmRepository
 
 
 class SqlUnitOfWork:
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, on_commit: Callable[[frozenset[str]], None] | None = None) -> None:
         self._engine = engine
         self._conn: Connection | None = None
+        # Told after every commit: how event streams learn the journal moved, without polling.
+        self._on_commit = on_commit
 
     def __enter__(self) -> SqlUnitOfWork:
         self._conn = self._engine.connect()
         self._conn.begin()
         self.vms = SqlVmRepository(self._conn)
         self.journal = SqlJournal(self._conn)
+        self.frames = SqlFrameRuns(self._conn)
         return self
 
     def __exit__(
@@ -35,3 +39,6 @@ class SqlUnitOfWork:
     def commit(self) -> None:
         assert self._conn is not None
         self._conn.commit()
+        if self._on_commit is not None:
+            self._on_commit(frozenset(self.journal.vm_ids))
+            self.journal.vm_ids.clear()

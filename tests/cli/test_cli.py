@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -211,7 +212,7 @@ def test_a_malformed_file_is_refused_before_any_request(broker: Broker, tmp_path
         assert [o.kind for o in api.all_operations(vm_id)].count("convert") == 0
 
 
-def test_migrate_page_commands(broker: Broker, tmp_path: Path, needs_migrate_page: None) -> None:
+def test_migrate_page_commands(broker: Broker, tmp_path: Path) -> None:
     vm_id, memfd_id = guest(broker, vm_type="sev_snp")
     ok(run(broker, "allocate", vm_id, memfd_id, "--length", "64K"))
     moved = as_json(run(broker, "migrate-page", vm_id, "0x100000000", "--node", "1", "--json"))
@@ -220,4 +221,9 @@ def test_migrate_page_commands(broker: Broker, tmp_path: Path, needs_migrate_pag
     pages.write_text("0x100001000 1\n0x100002000\n")
     result = run(broker, "migrate-page", vm_id, "--file", str(pages), "--node", "1")
     assert "2 page(s) moved" in ok(result)
-    assert "16 page(s) moved" in ok(run(broker, "migrate-page", vm_id, "0x100000000", "--size", "64K", "--node", "0"))
+    # evacuating the range to node 0 moves at least the three pages just sent to node 1, then nothing
+    evacuate = ("migrate-page", vm_id, "0x100000000", "--size", "64K", "--node", "0")
+    first = re.search(r"(\d+) page\(s\) moved", ok(run(broker, *evacuate)))
+    assert first is not None
+    assert 3 <= int(first.group(1)) <= 16
+    assert "0 page(s) moved" in ok(run(broker, *evacuate))

@@ -44,12 +44,8 @@ def test_demo_on_an_embedded_broker(broker: Broker) -> None:
     assert "without allow_private: refused, nothing changed: 409 private-in-use" in out
     assert "with allow_private: 32768 pages freed" in out
     maps = out.count("\ntotal 1G:")
-    if broker.has_migrate_page:  # the same code base as the embedded broker
-        assert "migrate-page: not available" not in out
-        assert maps == 6
-    else:
-        assert "   migrate-page: not available on this server (404)\n" in out
-        assert maps == 5
+    assert "migrate-page: not available" not in out
+    assert maps == 6
     last_map = out[out.rindex("total 1G:") :].splitlines()
     assert last_map[0] == "total 1G:  █ private 832M (81.2%)  ▒ shared 16M (1.6%)  ░ hole 176M (17.2%)"
     assert [line[: len(want)] for line, want in zip(last_map[2:7], FINAL_LINES, strict=True)] == FINAL_LINES

@@ -17,18 +17,12 @@ from service.store.migrate import upgrade
 
 from ..conftest import RunningServer, make_app
 
-MIGRATE_ABSENT = "migrate-page not in this app yet"
-
 
 @dataclass
 class Broker:
     url: str
     app: FastAPI
     backend: SimBackend
-
-    @property
-    def has_migrate_page(self) -> bool:
-        return any(str(getattr(r, "path", "")).endswith("/migrate-page") for r in self.app.routes)
 
 
 @pytest.fixture(scope="module")
@@ -45,9 +39,3 @@ def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Broker]:
 def api(broker: Broker) -> Iterator[BrokerClient]:
     with BrokerClient(broker.url, token="", retries=0) as c:
         yield c
-
-
-@pytest.fixture
-def needs_migrate_page(broker: Broker) -> None:
-    if not broker.has_migrate_page:
-        pytest.skip(MIGRATE_ABSENT)

@@ -296,19 +296,47 @@ def test_the_client_imports_nothing_of_the_server() -> None:
     assert [m for m in loaded if m != "service" and not m.startswith("service.client")] == []
 
 
-def test_migrate_page(api: BrokerClient, needs_migrate_page: None) -> None:
+def test_migrate_page(api: BrokerClient) -> None:
     vm, memfd = guest(api, vm_type="sev_snp")
     api.allocate(vm.id, memfd.id, 0, 16 * PAGE)
     moved = api.migrate_page(vm.id, BASE_GPA, target_node=1)
     assert (moved.gpa, moved.node, moved.method) == (BASE_GPA, 1, "trusted-agent")
     assert moved.old_pfn != moved.new_pfn
     batch = api.migrate_pages(vm.id, [(BASE_GPA + PAGE, 1, None), (BASE_GPA + 2 * PAGE, 1, None)])
+    assert batch.moves is not None
     assert [m.gpa for m in batch.moves] == [BASE_GPA + PAGE, BASE_GPA + 2 * PAGE]
     evacuated = api.evacuate(vm.id, BASE_GPA, 16 * PAGE, target_node=0)
+    assert evacuated.moves is not None
     assert all(m.node == 0 for m in evacuated.moves)
+    assert evacuated.pages_moved == sum(m.size for m in evacuated.moves) // PAGE
     with pytest.raises(ProblemError) as caught:
         api.migrate_page(vm.id, BASE_GPA + 32 * PAGE, target_node=0)
     assert (caught.value.status, caught.value.code) == (409, "not-allocated")
+
+
+def test_frames_guest_pages_and_the_event_stream(api: BrokerClient, broker: Broker) -> None:
+    vm, memfd = guest(api, vm_type="sev_snp")
+    api.allocate(vm.id, memfd.id, 0, 16 * PAGE)
+    assert sum(run.size for run in api.frames(vm.id).items) == 16 * PAGE
+    gfn = BASE_GPA // PAGE
+    api.write_gfn(vm.id, gfn, b"sealed hello", offset=8)
+    assert base64.b64decode(api.read_gfn(vm.id, gfn).data)[8:20] == b"sealed hello"
+    host = api.read_gfn(vm.id, gfn, view="host")
+    assert host.encrypted
+    assert b"sealed hello" not in base64.b64decode(host.data)
+    api.delete_vm(vm.id, force=True)
+    # From the first operation on: every later one, in order, once; the VM's stream ends at its deletion.
+    journal = api.all_operations(vm.id)
+    events = list(api.vm_events(vm.id, last_event_id=journal[0].id))
+    assert [e.id for e in events] == [o.id for o in journal[1:] if o.status == "applied"]
+    assert events[-1].kind == "delete-vm"
+
+    async def first_host_events() -> list[models.Event]:
+        async with AsyncBrokerClient(broker.url, token="") as aapi:
+            stream = aapi.host_events(last_event_id=journal[0].id)
+            return [await anext(stream) for _ in range(2)]
+
+    assert [e.id for e in asyncio.run(first_host_events())] == [o.id for o in journal[1:3]]
 
 
 def test_over_a_unix_socket(tmp_path: Path) -> None:

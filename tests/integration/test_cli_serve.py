@@ -76,7 +76,7 @@ def test_db_upgrade_then_status(tmp_path: Path) -> None:
     assert up.returncode == 0, up.stderr
     status = run_cli(["db", "status"], url, tmp_path)
     assert status.returncode == 0
-    assert "database: 0001" in status.stdout
+    assert "database: 0003" in status.stdout
 
 
 def test_default_database_is_a_sqlite_file_in_the_working_directory(tmp_path: Path) -> None:
@@ -112,3 +112,41 @@ def test_acknowledged_operations_survive_kill_9(fresh_db_url: str, tmp_path: Pat
 def test_upgrade_is_idempotent(fresh_db_url: str) -> None:
     upgrade(fresh_db_url)
     upgrade(fresh_db_url)
+
+
+def test_serve_stops_on_sigterm_with_an_event_stream_open(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'b.db'}"
+    upgrade(url)
+    proc, base = start(url, tmp_path)
+    try:
+        with httpx.Client(base_url=base, timeout=30) as c, c.stream("GET", "/v1/events") as stream:
+            assert stream.status_code == 200
+            began = time.monotonic()
+            proc.terminate()
+            # uvicorn re-raises the signal once it has shut down.
+            assert proc.wait(20) in (0, -signal.SIGTERM)
+            assert time.monotonic() - began < 15
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(30)
+
+
+def test_prune_journal_keeps_the_newest_operations(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'b.db'}"
+    upgrade(url)
+    proc, base = start(url, tmp_path)
+    try:
+        with httpx.Client(base_url=base, timeout=30) as c:
+            vm_id, _ = guest(c, MIB)  # three operations: VM, memfd, memslot
+    finally:
+        proc.terminate()
+        proc.wait(30)
+    pruned = run_cli(["db", "prune-journal", "--keep", "1"], url, tmp_path)
+    assert pruned.returncode == 0, pruned.stderr
+    assert "2 operation(s) pruned" in pruned.stdout
+    engine = create_engine(url)
+    with engine.connect() as conn:
+        kinds = conn.execute(text("SELECT kind FROM operations WHERE vm_id = :v"), {"v": vm_id}).scalars().all()
+    engine.dispose()
+    assert kinds == ["create-memslot"]

@@ -31,15 +31,17 @@ from service.domain.errors import (
     DomainError,
     ForeignMemfd,
     InvalidTransition,
+    NotAllocated,
     NotFound,
     OutOfRange,
     Overlap,
     PrivateInUse,
     SlotInUse,
+    UnknownNode,
 )
 from service.domain.units import PAGE_SIZE
 from service.operations import memfds as memfd_ops
-from service.operations import mutation, population, queries
+from service.operations import migration, mutation, population, queries
 from service.operations import vms as vm_ops
 from service.operations.broker import Broker
 from service.operations.journal import Outcome, RequestMeta
@@ -633,6 +635,23 @@ class BrokerMachine(RuleBasedStateMachine):
             assert out.generation == out.body["generation"] == self.m.generation
         assert out.body["state"] == state
 
+    @rule(data=st.data(), node=st.integers(0, 2))
+    def migrate_page(self, data: st.DataObject, node: int) -> None:
+        """Move the page a gfn uses; the model has no frames, check_sim compares the stored runs."""
+        m = self.m
+        if not m.attribute:
+            return
+        g = data.draw(st.sampled_from(sorted(m.attribute)), label="gfn")
+        backed = m.private_allocated(g) if m.attribute[g] == "private" else g in m.shared
+        predicted = None if backed and node < 2 else (UnknownNode if backed else NotAllocated)
+        move = migration.Move(g * PAGE_SIZE, node, None)
+        out = self.attempt(
+            predicted, lambda: migration.migrate_pages(self.broker, self.vm_id, moves=[move], batch=False, meta=META)
+        )
+        if out is not None:
+            self.bumped(out)
+            assert out.body["node"] == node
+
     @rule()
     def drop_cache(self) -> None:
         self.broker.forget(self.vm_id)
@@ -680,7 +699,13 @@ class BrokerMachine(RuleBasedStateMachine):
         assert {g for e in sim.shared for g in range(e.start, e.end)} == m.shared
         assert set(sim.slots) == set(m.slots)
         for mid in self.memfds:
-            assert {p for e in sim.memfds[mid].pages for p in range(e.start, e.end)} == m.allocated[mid]
+            assert {p for e in sim.memfds[mid].frames for p in range(e.start, e.end)} == m.allocated[mid]
+        # The frame runs stored in the database mirror the sim's, one row per run of consecutive frames.
+        runs = [(mid, e.start, e.npages, e.start + e.value) for mid, f in sim.memfds.items() for e in f.frames]
+        runs += [("", e.start, e.npages, e.start + e.value) for e in sim.shared]
+        with self.broker.uow() as uow:
+            stored = [(r.owner, r.start, r.npages, r.pfn) for r in uow.frames.of_vm(self.vm_id)]
+        assert sorted(stored) == sorted(runs)
 
 
 @pytest.fixture(scope="module")

@@ -66,7 +66,8 @@ async def delete_memfd(vm_id: str, memfd_id: str, m: MutatingDep) -> JSONRespons
     response_model=schemas.Allocated,
     summary="Allocate private backing (fallocate KEEP_SIZE)",
     description="Pages already allocated stay as they are. Refused whole, changing nothing, if any page is "
-    "bound to a shared gfn (`attribute-mismatch`) or memory runs out (`insufficient-memory`).",
+    "bound to a shared gfn (`attribute-mismatch`) or memory runs out (`insufficient-memory`): on the host, or "
+    "on the NUMA node the request names (`node`).",
     responses=responses(
         "not-found",
         "unaligned",
@@ -74,15 +75,18 @@ async def delete_memfd(vm_id: str, memfd_id: str, m: MutatingDep) -> JSONRespons
         "out-of-range",
         "attribute-mismatch",
         "insufficient-memory",
+        "unknown-node",
         "precondition-failed",
         "idempotency-key-reused",
     ),
 )
-async def allocate(vm_id: str, memfd_id: str, body: schemas.ByteRange, m: MutatingDep) -> JSONResponse:
+async def allocate(vm_id: str, memfd_id: str, body: schemas.AllocateRange, m: MutatingDep) -> JSONResponse:
     return respond(
         await submit(
             m.broker,
-            population.allocate(m.broker, vm_id, memfd_id, offset=body.offset, length=body.length, meta=m.meta),
+            population.allocate(
+                m.broker, vm_id, memfd_id, offset=body.offset, length=body.length, node=body.node, meta=m.meta
+            ),
         )
     )
 

@@ -21,7 +21,18 @@ from pathlib import Path
 from ...domain.extents import ExtentMap
 from ...domain.model import Vm
 from ...domain.units import PAGE_SIZE
-from ..protocol import BackendError, HostInfo, NumaNode, VmInventory
+from ..protocol import (
+    BackendError,
+    FrameChanges,
+    FrameMove,
+    FrameRun,
+    HostInfo,
+    MoveRequest,
+    NumaNode,
+    PageBytes,
+    PageRef,
+    VmInventory,
+)
 from . import uapi
 
 NODE_ROOT = Path("/sys/devices/system/node")
@@ -283,7 +294,12 @@ class KvmBackend:
 
     # -- population ------------------------------------------------------------------------------
 
-    def allocate(self, vm_id: str, memfd_id: str, pgoff: int, npages: int) -> None:
+    def allocate(self, vm_id: str, memfd_id: str, pgoff: int, npages: int, node: int | None = None) -> None:
+        if node is not None:
+            self._check_node(node)
+            if len(self._nodes) > 1:
+                # Placing guest_memfd pages on one node needs a memory policy on the file; not done yet.
+                raise BackendError("EOPNOTSUPP", "allocating guest_memfd pages on a chosen NUMA node")
         with self._vm(vm_id) as vm:
             memfd = self._memfd(vm, memfd_id)
             uapi.fallocate(
@@ -393,6 +409,45 @@ class KvmBackend:
                 else:
                     runs.append((gfn, gfn_end))
         return runs
+
+    # -- frames and migration ----------------------------------------------------------------------
+
+    @property
+    def _nodes(self) -> list[int]:
+        return [n.id for n in self.host_info().numa_nodes]
+
+    def _check_node(self, node: int) -> None:
+        if node not in self._nodes:
+            raise BackendError("ENODEV", f"NUMA node {node} is not online (nodes: {self._nodes})")
+
+    def plan_moves(self, vm_id: str, requests: list[MoveRequest]) -> list[FrameMove]:
+        for req in requests:
+            if req.target_node is not None:
+                self._check_node(req.target_node)
+            if req.target_pfn is not None:
+                raise BackendError("EOPNOTSUPP", "moving to a chosen frame: the host kernel picks frames itself")
+            if req.ref.memfd_id is not None:
+                raise BackendError(
+                    "EOPNOTSUPP",
+                    "migrating guest_memfd pages: the kernel has no capability for it (KVM_CAP_GUEST_MEMFD "
+                    "offers no page migration; move_pages(2) cannot reach pages that are not mapped)",
+                )
+        raise BackendError("EOPNOTSUPP", "moving shared pages with move_pages(2) is not wired into this backend yet")
+
+    def move_frames(self, vm_id: str, move: FrameMove, method: str) -> None:
+        raise BackendError("EOPNOTSUPP", "frame moves on the kvm backend")
+
+    def frame_changes(self, vm_id: str) -> FrameChanges:
+        return FrameChanges()  # the host's frames are not visible to the broker
+
+    def adopt_frames(self, runs: dict[str, list[FrameRun]]) -> None:
+        """Nothing to place: frames die with the process, and VMs come back ``lost``."""
+
+    def read_backing(self, vm_id: str, ref: PageRef, view: str) -> PageBytes:
+        raise BackendError("EOPNOTSUPP", "frame views on the kvm backend (see GET .../memfds/{id}/pages/{pgoff})")
+
+    def write_backing(self, vm_id: str, ref: PageRef, offset: int, data: bytes, view: str) -> None:
+        raise BackendError("EOPNOTSUPP", "frame views on the kvm backend")
 
     def restore(self, vm: Vm) -> bool:
         """Kernel objects live as long as this process's fds: nothing survives a restart."""
