@@ -221,10 +221,23 @@ def install(app: FastAPI) -> None:
     app.add_exception_handler(Exception, _unexpected)
 
 
+#: What every journalled mutation of an existing VM may also answer, whatever its own rules: the VM is
+#: unknown, lost at a kvm restart, has an earlier operation the backend refused to finish (503), or the
+#: backend failed for a reason no rule names (502); a stale If-Match, a reused Idempotency-Key.
+VM_MUTATION: tuple[str, ...] = (
+    "not-found",
+    "vm-lost",
+    "replay-pending",
+    "backend-error",
+    "precondition-failed",
+    "idempotency-key-reused",
+)
+
+
 def responses(*codes: str) -> dict[int | str, dict[str, Any]]:
-    """OpenAPI ``responses=`` for the problems an endpoint can answer with."""
+    """OpenAPI ``responses=`` for the problems an endpoint can answer with (each code once)."""
     out: dict[int | str, dict[str, Any]] = {}
-    for code in (*codes, "validation-error", "internal-error"):
+    for code in dict.fromkeys((*codes, "validation-error", "internal-error")):
         kind = CATALOGUE[code]
         entry = out.setdefault(
             kind.status,

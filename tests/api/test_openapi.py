@@ -40,3 +40,24 @@ def test_mutations_document_idempotency_and_if_match() -> None:
             if method in ("post", "patch", "delete") and path.startswith("/v1/"):
                 names = {p["name"] for p in op.get("parameters", [])}
                 assert {"Idempotency-Key", "If-Match"} <= names, f"{method} {path}"
+
+
+def test_vm_mutations_document_what_any_mutation_of_a_vm_may_answer() -> None:
+    """Any journalled mutation of a VM may meet a lost VM (kvm restart), an operation left pending (503), or a
+    backend failure no rule names (502); the document says so for each one."""
+    spec: dict[str, Any] = json.loads(openapi_json())
+    checked = 0
+    for path, item in spec["paths"].items():
+        for method, op in item.items():
+            if method not in ("post", "patch", "delete") or not path.startswith("/v1/vms/{vm_id}"):
+                continue
+            documented = " ".join(r.get("description", "") for r in op["responses"].values())
+            want = {"not-found", "backend-error", "precondition-failed", "idempotency-key-reused"}
+            if not path.endswith("/export"):  # an export ticket is not journalled: nothing to replay
+                want.add("replay-pending")
+            if (method, path) != ("delete", "/v1/vms/{vm_id}"):  # deleting is what a lost VM may still do
+                want.add("vm-lost")
+            missing = {code for code in want if f"`{code}`" not in documented}
+            assert not missing, f"{method.upper()} {path} does not document {sorted(missing)}"
+            checked += 1
+    assert checked >= 11

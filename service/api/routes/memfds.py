@@ -12,7 +12,7 @@ from ...operations.mutation import submit
 from .. import schemas
 from ..auth import ADMIN, PrincipalDep, require
 from ..deps import MUTATION_HEADERS, BrokerDep, HandoffDep, MutatingDep, respond, with_etag
-from ..problems import responses
+from ..problems import VM_MUTATION, responses
 
 router = APIRouter(prefix="/v1/vms/{vm_id}/memfds", tags=["memfds"])
 
@@ -31,6 +31,7 @@ router = APIRouter(prefix="/v1/vms/{vm_id}/memfds", tags=["memfds"])
         "out-of-range",
         "precondition-failed",
         "insufficient-memory",
+        *VM_MUTATION,
     ),
 )
 async def create_memfd(vm_id: str, body: schemas.MemfdCreate, m: MutatingDep) -> JSONResponse:
@@ -54,7 +55,7 @@ def get_memfd(vm_id: str, memfd_id: str, broker: BrokerDep) -> JSONResponse:
     openapi_extra=MUTATION_HEADERS,
     response_model=schemas.Deleted,
     summary="Close and delete a memfd",
-    responses=responses("not-found", "in-use", "precondition-failed"),
+    responses=responses("in-use", *VM_MUTATION),
 )
 async def delete_memfd(vm_id: str, memfd_id: str, m: MutatingDep) -> JSONResponse:
     return respond(await submit(m.broker, memfds.delete_memfd(m.broker, vm_id, memfd_id, meta=m.meta)))
@@ -78,6 +79,7 @@ async def delete_memfd(vm_id: str, memfd_id: str, m: MutatingDep) -> JSONRespons
         "unknown-node",
         "precondition-failed",
         "idempotency-key-reused",
+        *VM_MUTATION,
     ),
 )
 async def allocate(vm_id: str, memfd_id: str, body: schemas.AllocateRange, m: MutatingDep) -> JSONResponse:
@@ -107,6 +109,7 @@ async def allocate(vm_id: str, memfd_id: str, body: schemas.AllocateRange, m: Mu
         "private-in-use",
         "precondition-failed",
         "idempotency-key-reused",
+        *VM_MUTATION,
     ),
 )
 async def punch_hole(
@@ -174,8 +177,13 @@ def read_page(
     "answer (`REDEEM <ticket>`; `service.client.handoff.fetch_memfd` does it): the fd comes back by SCM_RIGHTS, "
     "good for fallocate and mmap. Needs the `admin` scope: the fd gives full control of the memory.",
     openapi_extra={**MUTATION_HEADERS, "x-required-scope": "admin"},
-    responses=responses(
-        "not-found", "vm-lost", "not-supported-by-kernel", "precondition-failed", "idempotency-key-reused"
+    responses=responses(  # not journalled: no replay-pending
+        "not-found",
+        "vm-lost",
+        "not-supported-by-kernel",
+        "backend-error",
+        "precondition-failed",
+        "idempotency-key-reused",
     ),
 )
 def export_memfd(vm_id: str, memfd_id: str, hand_off: HandoffDep, m: MutatingDep, who: PrincipalDep) -> JSONResponse:

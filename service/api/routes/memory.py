@@ -11,7 +11,7 @@ from ...operations import population, queries
 from ...operations.mutation import submit
 from .. import schemas
 from ..deps import MUTATION_HEADERS, BrokerDep, MutatingDep, respond, with_etag
-from ..problems import responses
+from ..problems import VM_MUTATION, responses
 
 router = APIRouter(prefix="/v1/vms/{vm_id}", tags=["memory"])
 
@@ -33,6 +33,7 @@ router = APIRouter(prefix="/v1/vms/{vm_id}", tags=["memory"])
         "batch-too-large",
         "precondition-failed",
         "idempotency-key-reused",
+        *VM_MUTATION,
     ),
 )
 async def convert(vm_id: str, body: schemas.Convert, m: MutatingDep) -> JSONResponse:
@@ -57,6 +58,7 @@ async def convert(vm_id: str, body: schemas.Convert, m: MutatingDep) -> JSONResp
         "insufficient-memory",
         "precondition-failed",
         "idempotency-key-reused",
+        *VM_MUTATION,
     ),
 )
 async def populate_shared(vm_id: str, body: schemas.GpaRange, m: MutatingDep) -> JSONResponse:

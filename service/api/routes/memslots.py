@@ -9,7 +9,7 @@ from ...operations import memfds, queries
 from ...operations.mutation import submit
 from .. import schemas
 from ..deps import MUTATION_HEADERS, BrokerDep, MutatingDep, respond
-from ..problems import responses
+from ..problems import VM_MUTATION, responses
 
 router = APIRouter(prefix="/v1/vms/{vm_id}/memslots", tags=["memslots"])
 
@@ -32,6 +32,7 @@ router = APIRouter(prefix="/v1/vms/{vm_id}/memslots", tags=["memslots"])
         "foreign-memfd",
         "precondition-failed",
         "idempotency-key-reused",
+        *VM_MUTATION,
     ),
 )
 async def create_memslot(vm_id: str, body: schemas.MemslotCreate, m: MutatingDep) -> JSONResponse:
@@ -63,7 +64,7 @@ def list_memslots(vm_id: str, broker: BrokerDep) -> JSONResponse:
     response_model=schemas.Deleted,
     summary="Delete a memslot",
     description="Removes the binding and discards its shared backing; the memfd keeps its pages.",
-    responses=responses("not-found", "precondition-failed"),
+    responses=responses(*VM_MUTATION),
 )
 async def delete_memslot(vm_id: str, slot: int, m: MutatingDep) -> JSONResponse:
     return respond(await submit(m.broker, memfds.delete_memslot(m.broker, vm_id, slot, meta=m.meta)))

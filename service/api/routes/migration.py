@@ -14,7 +14,7 @@ from ...operations import migration
 from ...operations.mutation import submit
 from .. import schemas
 from ..deps import MUTATION_HEADERS, BrokerDep, MutatingDep, respond, with_etag
-from ..problems import responses
+from ..problems import VM_MUTATION, responses
 
 router = APIRouter(prefix="/v1/vms/{vm_id}", tags=["migration"])
 
@@ -48,6 +48,7 @@ ViewQuery = Annotated[
     responses=responses(
         "not-found",
         "unaligned",
+        "invalid-length",
         "out-of-range",
         "not-allocated",
         "frame-in-use",
@@ -59,6 +60,7 @@ ViewQuery = Annotated[
         "backend-error",
         "precondition-failed",
         "idempotency-key-reused",
+        *VM_MUTATION,
     ),
 )
 async def migrate_page(

@@ -11,7 +11,7 @@ from ...operations import queries, vms
 from ...operations.mutation import submit
 from .. import schemas
 from ..deps import MUTATION_HEADERS, BrokerDep, MutatingDep, respond, with_etag
-from ..problems import responses
+from ..problems import VM_MUTATION, responses
 
 router = APIRouter(prefix="/v1/vms", tags=["vms"])
 
@@ -22,7 +22,9 @@ router = APIRouter(prefix="/v1/vms", tags=["vms"])
     status_code=201,
     response_model=schemas.Vm,
     summary="Create a VM",
-    responses=responses("unsupported-vm-type", "name-taken", "idempotency-key-reused"),
+    responses=responses(
+        "unsupported-vm-type", "name-taken", "insufficient-memory", "backend-error", "idempotency-key-reused"
+    ),
 )
 def create_vm(body: schemas.VmCreate, m: MutatingDep) -> JSONResponse:
     return respond(vms.create_vm(m.broker, name=body.name, vm_type=body.vm_type, meta=m.meta))
@@ -44,7 +46,7 @@ def get_vm(vm_id: str, broker: BrokerDep) -> JSONResponse:
     openapi_extra=MUTATION_HEADERS,
     response_model=schemas.Vm,
     summary="Change a VM's state",
-    responses=responses("not-found", "invalid-transition", "precondition-failed"),
+    responses=responses("invalid-transition", *VM_MUTATION),
 )
 async def patch_vm(vm_id: str, body: schemas.VmPatch, m: MutatingDep) -> JSONResponse:
     return respond(await submit(m.broker, vms.set_vm_state(m.broker, vm_id, state=body.state.value, meta=m.meta)))
@@ -57,7 +59,9 @@ async def patch_vm(vm_id: str, body: schemas.VmPatch, m: MutatingDep) -> JSONRes
     summary="Delete a VM",
     description="Refused with 409 `in-use` while the VM has memfds or memslots, unless `force=true`, "
     "which releases memslots, then memfds, then the VM, as one journalled operation.",
-    responses=responses("not-found", "in-use", "precondition-failed"),
+    responses=responses(  # a lost VM can be deleted
+        "in-use", *(code for code in VM_MUTATION if code != "vm-lost")
+    ),
 )
 async def delete_vm(
     vm_id: str,
