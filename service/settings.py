@@ -26,7 +26,9 @@ class Settings(BaseSettings):
     )
     tokens_file: Path | None = Field(None, description="a file of `token scope[ scope]` lines ('#' comments)")
     max_body_bytes: int = Field(1 << 20, ge=1, description="larger request bodies get 413")
-    max_batch: int = Field(10_000, ge=1, description="most ranges accepted in one convert batch")
+    max_batch: int = Field(
+        10_000, ge=1, description="most ranges accepted in one convert batch, and moves in one migrate-page batch"
+    )
     sim_numa_nodes: int = Field(2, ge=1, le=64)
     sim_frames_per_node: int = Field(4 << 20, ge=1, description="4 KiB frames per NUMA node in the sim")
     db_pool_size: int = Field(10, ge=1)

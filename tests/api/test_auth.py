@@ -182,6 +182,19 @@ def test_overcount_batch_is_422_and_changes_nothing(admin: httpx.Client) -> None
     ok(admin.post(f"/v1/vms/{vm_id}/convert", json={"ranges": ranges[:MAX_BATCH]}))
 
 
+def test_overcount_migrate_batch_is_422_and_changes_nothing(admin: httpx.Client) -> None:
+    vm_id, memfd_id = guest(admin, MIB)
+    ok(admin.post(f"/v1/vms/{vm_id}/memfds/{memfd_id}/allocate", json={"offset": 0, "length": MIB}))
+    frames = ok(admin.get(f"/v1/vms/{vm_id}/frames"))
+    before = snapshot(admin, vm_id)
+    moves = [{"gpa": BASE_GPA + i * PAGE, "target_node": 1} for i in range(MAX_BATCH + 1)]
+    doc = problem(admin.post(f"/v1/vms/{vm_id}/migrate-page", json={"moves": moves}), 422, "batch-too-large")
+    assert str(MAX_BATCH) in doc["detail"]
+    assert snapshot(admin, vm_id) == before
+    assert ok(admin.get(f"/v1/vms/{vm_id}/frames")) == frames
+    assert len(ok(admin.post(f"/v1/vms/{vm_id}/migrate-page", json={"moves": moves[:MAX_BATCH]}))["moves"]) == MAX_BATCH
+
+
 def test_openapi_states_the_scheme_and_each_operations_scope(broker_url: str) -> None:
     schema = ok(httpx.get(f"{broker_url}/openapi.json"))
     assert schema["components"]["securitySchemes"]["bearer"]["scheme"] == "bearer"

@@ -45,6 +45,8 @@ def test_demo_on_an_embedded_broker(broker: Broker) -> None:
     assert "with allow_private: 32768 pages freed" in out
     maps = out.count("\ntotal 1G:")
     assert "migrate-page: not available" not in out
+    # A sev_snp page moved to node 1 by the firmware's agent, from the first frame of node 0.
+    assert re.search(r"^   frame 0 -> \d+ on node 1, by trusted-agent$", out, re.M)
     assert maps == 6
     last_map = out[out.rindex("total 1G:") :].splitlines()
     assert last_map[0] == "total 1G:  █ private 832M (81.2%)  ▒ shared 16M (1.6%)  ░ hole 176M (17.2%)"
