@@ -14,7 +14,7 @@ import pytest
 from service.operations.events import prune_journal
 
 from ..conftest import RunningServer
-from .helpers import BASE_GPA, MIB, PAGE, guest, ok, problem
+from .helpers import BASE_GPA, MIB, PAGE, create_memfd, create_memslot, create_vm, guest, ok, problem
 from .sim_host import own_database, sim_host
 
 
@@ -114,6 +114,30 @@ def test_vm_stream_sends_each_operation_once_in_order(server: RunningServer, cli
         ok(client.patch(f"/v1/vms/{other}", json={"state": "running"}))
         last = ok(client.patch(f"/v1/vms/{vm_id}", json={"state": "running"}))
         assert stream.next()["generation"] == last["generation"]
+
+
+def test_memfd_and_memslot_changes_are_events_with_their_ranges(server: RunningServer, client: httpx.Client) -> None:
+    vm_id = create_vm(client, "sw_protected")["id"]
+    with subscribe(server.url, f"/v1/vms/{vm_id}/events") as stream:
+        memfd = create_memfd(client, vm_id, 16 * PAGE)
+        create_memslot(client, vm_id, memfd["id"], slot=3, size=16 * PAGE)
+        ok(client.delete(f"/v1/vms/{vm_id}/memslots/3"))
+        ok(client.delete(f"/v1/vms/{vm_id}/memfds/{memfd['id']}"))
+        events = stream.take(4)
+    assert [e["kind"] for e in events] == ["create-memfd", "create-memslot", "delete-memslot", "delete-memfd"]
+    assert [e["generation"] for e in events] == [2, 3, 4, 5]
+    effects = [[r["effect"] for r in e["ranges"]] for e in events]
+    assert effects == [
+        ["create-memfd"],
+        ["bind-memslot", "set-attributes"],
+        ["unbind-memslot", "discard-shared"],
+        ["close-memfd"],
+    ]
+    bound = events[1]["ranges"][0]
+    assert (bound["slot"], bound["gpa"], bound["size"], bound["memfd_id"]) == (3, BASE_GPA, 16 * PAGE, memfd["id"])
+    private = {"effect": "set-attributes", "gpa": BASE_GPA, "size": 16 * PAGE, "attribute": "private"}
+    assert events[1]["ranges"][1] == private
+    assert events[3]["ranges"] == [{"effect": "close-memfd", "memfd_id": memfd["id"]}]
 
 
 def test_last_event_id_resumes_exactly_after_it(server: RunningServer, client: httpx.Client) -> None:
