@@ -165,11 +165,12 @@ class AuthMiddleware:
             challenge = f'{REALM}, error="invalid_token"'.encode()
             await send_problem(scope, send, "unauthorized", "unknown token", [(b"www-authenticate", challenge)])
             return
+        # Known before the scope check, so the access log names who was refused (by position, never the token).
+        scope.setdefault("state", {})["principal"] = principal
         need = required_scope(scope["method"])
         if need not in principal.scopes:
             await _forbid(scope, send, principal, need)
             return
-        scope.setdefault("state", {})["principal"] = principal
         await self.app(scope, receive, send)
 
 

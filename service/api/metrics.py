@@ -8,6 +8,7 @@ when Prometheus scrapes, from the broker's cached aggregates, so mutations pay n
 from __future__ import annotations
 
 import logging
+import re
 import time
 from collections.abc import Iterator
 from typing import Any, cast
@@ -89,6 +90,23 @@ class HttpMetricsMiddleware:
         self.app = app
         self.metrics = metrics
         self.access_log = access_log
+        self._documented: list[tuple[re.Pattern[str], frozenset[str], str]] | None = None
+
+    def _template(self, scope: Scope) -> str:
+        """The route template that served the request; for one refused before routing (401, 403, 413),
+        the documented operation it was meant for; ``<unmatched>`` when there is none."""
+        route = scope.get("route")
+        if route is not None:
+            return str(getattr(route, "path", UNMATCHED))
+        if self._documented is None:
+            openapi = getattr(scope.get("app"), "openapi", None)
+            paths: dict[str, dict[str, Any]] = openapi()["paths"] if callable(openapi) else {}
+            self._documented = [(_template_pattern(path), frozenset(ops), path) for path, ops in paths.items()]
+        method = scope["method"].lower()
+        for pattern, methods, path in self._documented:
+            if method in methods and pattern.fullmatch(scope["path"]):
+                return path
+        return UNMATCHED
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -107,13 +125,17 @@ class HttpMetricsMiddleware:
             await self.app(scope, receive, send_status)
         finally:
             elapsed = time.perf_counter() - start
-            route = scope.get("route")
-            template = getattr(route, "path", UNMATCHED) if route is not None else UNMATCHED
+            template = self._template(scope)
             count, latency = self.metrics.http_children(scope["method"], template, status)
             count.inc()
             latency.observe(elapsed)
             if self.access_log:
                 _log_access(scope, template, status, elapsed)
+
+
+def _template_pattern(template: str) -> re.Pattern[str]:
+    """``/v1/vms/{vm_id}/convert`` -> a pattern for its paths: each ``{param}`` one path segment."""
+    return re.compile("/".join("[^/]+" if seg.startswith("{") else re.escape(seg) for seg in template.split("/")))
 
 
 def _log_access(scope: Scope, route: str, status: int, elapsed: float) -> None:

@@ -26,6 +26,7 @@ from service.store.migrate import upgrade
 
 from ..conftest import RunningServer, make_app
 from .helpers import BASE_GPA, MIB, PAGE, create_vm, guest, ok, problem, snapshot
+from .test_metrics import scrape, value
 
 READER = "reader-token-0123456789"
 WRITER = "writer-token-0123456789"
@@ -143,6 +144,35 @@ def test_tokens_are_never_logged(broker_url: str, caplog: pytest.LogCaptureFixtu
     assert [getattr(r, "status", None) for r in access[-4:]] == [200, 200, 200, 401]
     for token in (READER, WRITER, ADMINISTRATOR, "not-a-token-0123456789"):
         assert token not in caplog.text
+
+
+def test_refusals_before_routing_are_counted_and_logged_under_their_route(
+    broker_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    convert = "/v1/vms/{vm_id}/convert"
+    labels = {"method": "POST", "route": convert}
+    with as_(broker_url, ADMINISTRATOR) as c:
+        before = scrape(c)
+    body = {"ranges": [{"gpa": BASE_GPA, "size": PAGE, "to": "shared"}]}
+    with caplog.at_level(logging.INFO, logger="gmem_broker"):
+        for token in (None, READER):
+            with as_(broker_url, token) as c:
+                c.post("/v1/vms/vm_x/convert", json=body)
+        with as_(broker_url, WRITER) as c:
+            c.post("/v1/vms/vm_x/convert", content=b"[" * (MAX_BODY + 1), headers={"content-type": "application/json"})
+    with as_(broker_url, ADMINISTRATOR) as c:
+        after = scrape(c)
+    for status in ("401", "403", "413"):
+        name = "gmem_broker_http_requests_total"
+        assert value(after, name, **labels, status=status) == value(before, name, **labels, status=status) + 1
+    access = [r for r in caplog.records if r.name == "gmem_broker.access"][-3:]
+    assert [(getattr(r, "status", None), getattr(r, "route", None)) for r in access] == [
+        (401, convert),
+        (403, convert),
+        (413, convert),
+    ]
+    # The refused token's holder is named (by position, never the token).
+    assert [getattr(r, "principal", None) for r in access] == [None, "token-1", "token-2"]
 
 
 def test_oversize_body_is_413_and_changes_nothing(admin: httpx.Client) -> None:
