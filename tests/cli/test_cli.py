@@ -221,6 +221,7 @@ def test_migrate_page_commands(broker: Broker, tmp_path: Path) -> None:
     pages.write_text("0x100001000 1\n0x100002000\n")
     result = run(broker, "migrate-page", vm_id, "--file", str(pages), "--node", "1")
     assert "2 page(s) moved" in ok(result)
+    assert "2/2" in result.stderr  # the progress bar's last state
     # evacuating the range to node 0 moves at least the three pages just sent to node 1, then nothing
     evacuate = ("migrate-page", vm_id, "0x100000000", "--size", "64K", "--node", "0")
     first = re.search(r"(\d+) page\(s\) moved", ok(run(broker, *evacuate)))

@@ -184,6 +184,23 @@ CASES = [
         "4 memslot foreign memfd",
     ),
     Case("slot exists", bound_guest, slot(slot=0), 409, "slot-in-use", "8 memslot moved"),
+    # Closing a memfd zaps its bindings in the kernel; the broker refuses to close a bound one instead.
+    Case(
+        "close a bound memfd",
+        bound_guest,
+        lambda ids: ("DELETE", f"/v1/vms/{ids['vm']}/memfds/{ids['memfd']}", None),
+        409,
+        "in-use",
+        None,
+    ),
+    Case(
+        "convert gpa+size overflow",
+        bound_guest,
+        convert({"gpa": (1 << 64) - PAGE, "size": 2 * PAGE, "to": "shared"}),
+        422,
+        "out-of-range",
+        None,
+    ),
     Case(
         "convert size 0",
         bound_guest,
