@@ -148,6 +148,10 @@ def evacuate(broker: Broker, vm_id: str, *, gpa: int, size: int, target_node: in
     gfn, gfn_end = to_pages(gpa, size, what="migrate-page")
     if to_bytes(gfn_end) > 1 << 64:
         raise OutOfRange("gpa + size overflows the guest physical address space", errno="EINVAL")
+    # The backend checks the node when it plans moves; a range with nothing to move plans none.
+    nodes = [n.id for n in broker.backend.host_info().numa_nodes]
+    if target_node not in nodes:
+        raise UnknownNode(f"NUMA node {target_node} is not online (nodes: {nodes})", errno="ENODEV")
 
     def change(vm: Vm, now: datetime, op_id: str) -> tuple[dict[str, Any], list[fx.Effect]]:
         runs = list(vm.backed_runs(gfn, gfn_end))

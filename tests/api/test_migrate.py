@@ -274,6 +274,8 @@ def test_refusals_change_nothing(host: SimHost) -> None:
             "not-allocated",
         ),
         ({"gpa": BASE_GPA, "size": 4 * PAGE, "target_node": 9}, 422, "unknown-node"),
+        # A range with nothing allocated to move still names a node the host must have.
+        ({"gpa": BASE_GPA + 8 * PAGE, "size": 4 * PAGE, "target_node": 9}, 422, "unknown-node"),
     ]
     for body, status, code in cases:
         problem(migrate(host, vm_id, **body), status, code)
