@@ -68,7 +68,10 @@ class Metrics:
 
     def operation_applied(self, kind: str, body: dict[str, Any]) -> None:
         self.operations.labels(kind).inc()
-        pages = 1 if kind == "migrate-page" else sum(v for k, v in body.items() if k.startswith("pages_"))
+        if kind == "migrate-page":  # one page, or a batch of one-page moves
+            pages = len(body["moves"]) if "moves" in body else 1
+        else:
+            pages = sum(v for k, v in body.items() if k.startswith("pages_"))
         if pages:
             self.operation_pages.labels(kind).inc(pages)
 

@@ -88,6 +88,26 @@ def test_operations_are_counted_with_their_pages(client: httpx.Client) -> None:
     assert value(after, calls, call="punch_hole") - value(before, calls, call="punch_hole") == 2
 
 
+def test_migrations_are_counted_with_their_pages(client: httpx.Client) -> None:
+    vm_id, memfd_id = guest(client, MIB)
+    ok(client.post(f"/v1/vms/{vm_id}/memfds/{memfd_id}/allocate", json={"offset": 0, "length": 16 * PAGE, "node": 0}))
+    before = scrape(client)
+    migrate = f"/v1/vms/{vm_id}/migrate-page"
+    ok(client.post(migrate, json={"gpa": BASE_GPA, "target_node": 1}))
+    moves = [{"gpa": BASE_GPA + i * PAGE, "target_node": 1} for i in (1, 2, 3)]
+    ok(client.post(migrate, json={"moves": moves}))
+    ok(client.post(migrate, json={"gpa": BASE_GPA, "size": 16 * PAGE, "target_node": 1}))
+    after = scrape(client)
+
+    def delta(name: str, kind: str) -> float:
+        return value(after, name, kind=kind) - value(before, name, kind=kind)
+
+    assert delta("gmem_broker_operations_total", "migrate-page") == 2
+    assert delta("gmem_broker_operation_pages_total", "migrate-page") == 1 + 3
+    assert delta("gmem_broker_operations_total", "migrate-range") == 1
+    assert delta("gmem_broker_operation_pages_total", "migrate-range") == 16 - 4
+
+
 def test_per_vm_gauges_follow_the_extent_map(client: httpx.Client) -> None:
     vm_id, memfd_id = guest(client, MIB)
     ok(client.post(f"/v1/vms/{vm_id}/memfds/{memfd_id}/allocate", json={"offset": 0, "length": MIB // 2}))
