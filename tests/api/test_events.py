@@ -172,6 +172,9 @@ def test_host_stream_carries_every_vm_in_journal_order(server: RunningServer, cl
         seqs = [e["seq"] for e in events]
         assert seqs == sorted(seqs)
         assert len(set(seqs)) == 6
+    # The host-wide stream resumes like a VM's: right after the named event, across VMs, each once.
+    with subscribe(server.url, "/v1/events", **{"Last-Event-ID": events[2]["id"]}) as stream:
+        assert [e["id"] for e in stream.take(3)] == [e["id"] for e in events[3:]]
 
 
 def test_vm_stream_ends_with_the_vm_and_unknown_vm_is_404(server: RunningServer, client: httpx.Client) -> None:
