@@ -132,6 +132,7 @@ def allocate(
     length: Annotated[
         int | None, typer.Option(parser=size_value, help="bytes (default: to the end of the memfd)", show_default=False)
     ] = None,
+    node: Annotated[int | None, typer.Option(help="NUMA node every new page must land on")] = None,
     url: Url = None,
     json_out: Json = False,
 ) -> None:
@@ -139,7 +140,7 @@ def allocate(
     with session(url, json_out) as s:
         if length is None:
             length = s.client.get_memfd(vm_id, memfd_id).size - offset
-        done = s.client.allocate(vm_id, memfd_id, offset=offset, length=length)
+        done = s.client.allocate(vm_id, memfd_id, offset=offset, length=length, node=node)
         s.emit(done, f"allocated {done.pages_allocated} new pages (generation {done.generation})")
 
 

@@ -122,9 +122,12 @@ def delete_memfd(vm_id: str, memfd_id: str) -> Call[m.Deleted]:
     return Call("DELETE", f"{_vm(vm_id)}/memfds/{memfd_id}", _one(m.Deleted))
 
 
-def allocate(vm_id: str, memfd_id: str, offset: int, length: int) -> Call[m.Allocated]:
-    """Populate private backing (fallocate KEEP_SIZE); pages already allocated stay."""
-    body = {"offset": offset, "length": length}
+def allocate(vm_id: str, memfd_id: str, offset: int, length: int, node: int | None = None) -> Call[m.Allocated]:
+    """Populate private backing (fallocate KEEP_SIZE); pages already allocated stay. With ``node``, every new
+    page lands on that NUMA node (static placement, as mbind gives it) or the request gets 507."""
+    body: dict[str, int] = {"offset": offset, "length": length}
+    if node is not None:
+        body["node"] = node
     return Call("POST", f"{_vm(vm_id)}/memfds/{memfd_id}/allocate", _one(m.Allocated), json=body)
 
 

@@ -214,7 +214,11 @@ def test_a_malformed_file_is_refused_before_any_request(broker: Broker, tmp_path
 
 def test_migrate_page_commands(broker: Broker, tmp_path: Path) -> None:
     vm_id, memfd_id = guest(broker, vm_type="sev_snp")
-    ok(run(broker, "allocate", vm_id, memfd_id, "--length", "64K"))
+    ok(run(broker, "allocate", vm_id, memfd_id, "--length", "64K", "--node", "0"))
+    with BrokerClient(broker.url, token="") as api:
+        node1 = next(n.first_pfn for n in api.host().numa_nodes if n.id == 1)
+        assert node1 is not None
+        assert all(r.pfn < node1 for r in api.frames(vm_id).items)  # all 16 pages on node 0
     moved = as_json(run(broker, "migrate-page", vm_id, "0x100000000", "--node", "1", "--json"))
     assert (moved["node"], moved["method"]) == (1, "trusted-agent")
     pages = tmp_path / "pages.txt"

@@ -296,6 +296,18 @@ def test_the_client_imports_nothing_of_the_server() -> None:
     assert [m for m in loaded if m != "service" and not m.startswith("service.client")] == []
 
 
+def test_allocate_on_a_chosen_node(api: BrokerClient) -> None:
+    vm, memfd = guest(api)
+    node1 = next(n for n in api.host().numa_nodes if n.id == 1)
+    assert node1.first_pfn is not None
+    assert api.allocate(vm.id, memfd.id, 0, 4 * PAGE, node=1).pages_allocated == 4
+    runs = api.frames(vm.id).items
+    assert [(r.size, r.pfn >= node1.first_pfn) for r in runs] == [(4 * PAGE, True)]
+    with pytest.raises(ProblemError) as caught:
+        api.allocate(vm.id, memfd.id, 4 * PAGE, PAGE, node=7)
+    assert (caught.value.status, caught.value.code) == (422, "unknown-node")
+
+
 def test_migrate_page(api: BrokerClient) -> None:
     vm, memfd = guest(api, vm_type="sev_snp")
     api.allocate(vm.id, memfd.id, 0, 16 * PAGE)
