@@ -46,7 +46,9 @@ def get_vm(vm_id: str, broker: BrokerDep) -> JSONResponse:
     openapi_extra=MUTATION_HEADERS,
     response_model=schemas.Vm,
     summary="Change a VM's state",
-    responses=responses("invalid-transition", *VM_MUTATION),
+    responses=responses(  # a state change calls no backend
+        "invalid-transition", *(code for code in VM_MUTATION if code != "backend-error")
+    ),
 )
 async def patch_vm(vm_id: str, body: schemas.VmPatch, m: MutatingDep) -> JSONResponse:
     return respond(await submit(m.broker, vms.set_vm_state(m.broker, vm_id, state=body.state.value, meta=m.meta)))
