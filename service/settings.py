@@ -33,6 +33,11 @@ class Settings(BaseSettings):
     sim_frames_per_node: int = Field(4 << 20, ge=1, description="4 KiB frames per NUMA node in the sim")
     db_pool_size: int = Field(10, ge=1)
     kvm_device: str = Field("/dev/kvm", description="the KVM device the kvm backend opens")
+    kvm_memory_reserve: int = Field(
+        512 << 20,
+        ge=0,
+        description="bytes of the host's MemAvailable that kvm allocations must leave (more: 507 insufficient-memory)",
+    )
     handoff_socket: str = Field(
         "./gmem-broker.sock", description="Unix socket (mode 0600) where VMMs redeem memfd export tickets"
     )

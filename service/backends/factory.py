@@ -16,6 +16,6 @@ def make_backend(settings: Settings) -> MemoryBackend:
     if settings.backend == "sim":
         return SimBackend(numa_nodes=settings.sim_numa_nodes, frames_per_node=settings.sim_frames_per_node)
     try:
-        return KvmBackend(settings.kvm_device)
+        return KvmBackend(settings.kvm_device, memory_reserve=settings.kvm_memory_reserve)
     except BackendError as err:
         raise BackendUnavailable(f"the kvm backend cannot start: {err}; use GMEM_BROKER_BACKEND=sim") from err

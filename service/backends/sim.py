@@ -102,6 +102,9 @@ class SimBackend:
 
     # -- host --------------------------------------------------------------------------------------
 
+    def available_pages(self) -> int | None:
+        return None  # allocate and populate_shared refuse with ENOMEM themselves when a frame pool is short
+
     def host_info(self) -> HostInfo:
         with self._lock:
             fpn = self._frames_per_node

@@ -6,8 +6,8 @@ from datetime import datetime
 from typing import Any
 
 from ..domain import effects as fx
-from ..domain.errors import BatchTooLarge, InvalidLength, UnknownNode, UnsupportedAttribute
-from ..domain.model import Attribute, Range, Vm
+from ..domain.errors import BatchTooLarge, InsufficientMemory, InvalidLength, UnknownNode, UnsupportedAttribute
+from ..domain.model import Attribute, Population, Range, Vm
 from ..domain.units import to_pages
 from .broker import Broker
 from .journal import RequestMeta
@@ -30,6 +30,8 @@ def allocate(
         raise UnknownNode(f"NUMA node {node} is not online on this host", errno="ENODEV")
 
     def change(vm: Vm, now: datetime, op_id: str) -> tuple[dict[str, Any], list[fx.Effect]]:
+        holes = pgoff_end - pgoff - vm.memfd(memfd_id).population.count(pgoff, pgoff_end, Population.ALLOCATED)
+        _require_memory(broker, holes, "allocate")
         added, effects = vm.allocate(memfd_id, pgoff, pgoff_end, now, node=node)
         return {"operation_id": op_id, "generation": vm.generation, "pages_allocated": added}, effects
 
@@ -37,6 +39,19 @@ def allocate(
     if node is not None:
         request["node"] = node
     return plan(vm_id, "allocate", request, meta, change)
+
+
+def _require_memory(broker: Broker, npages: int, what: str) -> None:
+    """Refuse, changing nothing, an allocation of more new pages than the host can give now."""
+    if npages <= 0:
+        return
+    available = broker.backend.available_pages()
+    if available is not None and npages > available:
+        raise InsufficientMemory(
+            f"{what}: {npages} new pages, but the host can give {available} now (MemAvailable less the reserve, "
+            "GMEM_BROKER_KVM_MEMORY_RESERVE)",
+            errno="ENOMEM",
+        )
 
 
 def punch_hole(
@@ -56,6 +71,7 @@ def populate_shared(broker: Broker, vm_id: str, *, gpa: int, size: int, meta: Re
     gfn, gfn_end = to_pages(gpa, size, what="populate-shared")
 
     def change(vm: Vm, now: datetime, op_id: str) -> tuple[dict[str, Any], list[fx.Effect]]:
+        _require_memory(broker, gfn_end - gfn - vm.shared.count(gfn, gfn_end, Population.ALLOCATED), "populate-shared")
         added, effects = vm.populate_shared(gfn, gfn_end, now)
         return {"operation_id": op_id, "generation": vm.generation, "pages_allocated": added}, effects
 

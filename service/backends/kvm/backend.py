@@ -36,6 +36,8 @@ from ..protocol import (
 from . import uapi
 
 NODE_ROOT = Path("/sys/devices/system/node")
+MEMINFO = Path("/proc/meminfo")
+DEFAULT_MEMORY_RESERVE = 512 << 20  # bytes of MemAvailable allocations must leave to the host
 
 
 @dataclass(slots=True)
@@ -76,8 +78,9 @@ class _Vm:
 class KvmBackend:
     name = "kvm"
 
-    def __init__(self, device: str = "/dev/kvm") -> None:
+    def __init__(self, device: str = "/dev/kvm", memory_reserve: int = DEFAULT_MEMORY_RESERVE) -> None:
         self._device = device
+        self._memory_reserve = memory_reserve
         try:
             self._kvm = os.open(device, os.O_RDWR | os.O_CLOEXEC)
         except OSError as exc:
@@ -158,6 +161,13 @@ class KvmBackend:
         finally:
             os.close(vm)
         raise BackendError("EINVAL", "no guest physical address width accepted a memslot")
+
+    def available_pages(self) -> int | None:
+        # The kernel does not refuse a guest_memfd fallocate (or a populating touch of the shared memfd)
+        # past the host's memory: it reclaims, then the OOM killer ends the broker and every VM's fds.
+        # So the broker refuses first, keeping a reserve for the host.
+        available = _mem_available_bytes() - self._memory_reserve
+        return max(available, 0) // PAGE_SIZE
 
     def host_info(self) -> HostInfo:
         return self._host
@@ -485,6 +495,14 @@ def _data_runs(fd: int, size: int) -> list[tuple[int, int]]:
 def _release_shared(slot: _Slot) -> None:
     uapi.munmap(slot.shared_addr, slot.npages * PAGE_SIZE)
     os.close(slot.shared_fd)
+
+
+def _mem_available_bytes() -> int:
+    """MemAvailable of /proc/meminfo: what can be allocated now without swapping."""
+    for line in MEMINFO.read_text().splitlines():
+        if line.startswith("MemAvailable:"):
+            return int(line.split()[1]) * 1024
+    raise BackendError("ENOSYS", f"{MEMINFO} has no MemAvailable")
 
 
 def _numa_nodes() -> list[NumaNode]:
