@@ -209,6 +209,10 @@ def test_after_a_restart_kvm_vms_are_lost_until_deleted(tmp_path: Path) -> None:
             ("DELETE", f"{v}/memslots/0", None),
             ("POST", f"{m}/export", None),
             ("GET", f"{m}/pages/0", None),
+            ("POST", f"{v}/shared/populate", {"gpa": BASE_GPA + MIB // 2, "size": PAGE}),
+            ("POST", f"{v}/memslots", {"slot": 1, "gpa": 2 * BASE_GPA, "size": PAGE, "memfd_id": memfd["id"]}),
+            ("DELETE", m, None),
+            ("POST", f"{v}/migrate-page", {"gpa": BASE_GPA + MIB // 2, "target_node": 0}),
         ]:
             problem(c.request(method, path, json=body), 409, "vm-lost")
         assert ok(c.get(f"{v}/extents"))["items"] == extents
