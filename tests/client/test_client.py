@@ -302,7 +302,8 @@ def test_allocate_on_a_chosen_node(api: BrokerClient) -> None:
     assert node1.first_pfn is not None
     assert api.allocate(vm.id, memfd.id, 0, 4 * PAGE, node=1).pages_allocated == 4
     runs = api.frames(vm.id).items
-    assert [(r.size, r.pfn >= node1.first_pfn) for r in runs] == [(4 * PAGE, True)]
+    assert sum(r.size for r in runs) == 4 * PAGE  # in one run or more: other tests' frees fragment the pool
+    assert all(r.pfn >= node1.first_pfn for r in runs)
     with pytest.raises(ProblemError) as caught:
         api.allocate(vm.id, memfd.id, 4 * PAGE, PAGE, node=7)
     assert (caught.value.status, caught.value.code) == (422, "unknown-node")
