@@ -125,7 +125,13 @@ class KvmBackend:
                 "private_in_use": "broker",
                 "punch_out_of_range": "broker",
             },
-            details={"release": os.uname().release, "device": self._device, "fd_handoff": True},
+            details={
+                "release": os.uname().release,
+                "device": self._device,
+                "fd_handoff": True,
+                # migrate-page moves shared pages with move_pages(2) where its syscall number is known.
+                "move_pages": os.uname().machine in uapi.SYS_MOVE_PAGES,
+            },
             max_gpa=self._probe_max_gpa(),
         )
 
@@ -426,7 +432,8 @@ class KvmBackend:
             for req in requests:
                 if req.target_pfn is not None:
                     raise BackendError("EOPNOTSUPP", "moving to a chosen frame: the host kernel picks frames itself")
-                assert req.target_node is not None
+                if req.target_node is None:
+                    raise BackendError("EINVAL", "a move names a target node or a target frame")
                 self._check_node(req.target_node)
                 if req.ref.memfd_id is not None:
                     raise self._unmovable(vm, req.ref.memfd_id)
