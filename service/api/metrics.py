@@ -57,6 +57,7 @@ class Metrics:
             registry=self.registry, buckets=BACKEND_BUCKETS,
         )  # fmt: skip
         self._http: dict[tuple[str, str, int], tuple[Any, Any]] = {}
+        self._operations: dict[str, tuple[Any, Any]] = {}
 
     def http_children(self, method: str, route: str, status: int) -> tuple[Any, Any]:
         key = (method, route, status)
@@ -67,13 +68,18 @@ class Metrics:
         return children
 
     def operation_applied(self, kind: str, body: dict[str, Any]) -> None:
-        self.operations.labels(kind).inc()
-        if kind == "migrate-page":  # one page, or a batch of one-page moves
-            pages = len(body["moves"]) if "moves" in body else 1
+        # Children looked up once per kind: ``labels()`` costs several µs, on every mutation.
+        children = self._operations.get(kind)
+        if children is None:
+            children = self._operations[kind] = (self.operations.labels(kind), self.operation_pages.labels(kind))
+        count, page_count = children
+        count.inc()
+        if kind == "migrate-page":  # one page, or a batch of single pages
+            pages = len(body["moves"]) if body.get("moves") else 1
         else:
-            pages = sum(v for k, v in body.items() if k.startswith("pages_"))
+            pages = sum(v for k, v in body.items() if k.startswith("pages_") and isinstance(v, int))
         if pages:
-            self.operation_pages.labels(kind).inc(pages)
+            page_count.inc(pages)
 
     def watch(self, broker: Broker) -> None:
         """Count the broker's operations, time its backend, and read its VMs at scrape time."""

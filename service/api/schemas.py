@@ -279,6 +279,14 @@ class Evacuate(Strict):
     target_node: int = Field(..., ge=0, le=1 << 16)
 
 
+KERNEL_STATUS = (
+    "kvm only (null on the sim): per page of the move, the status move_pages(2) returned when the broker asked "
+    "the kernel where the pages were (nodes=NULL) while planning the move: the NUMA node each page was on. The "
+    "move itself (MPOL_MF_MOVE) runs after the operation is journalled and must leave every page on `node` "
+    "(its own status `node` for each page), or the operation is not answered 200."
+)
+
+
 class PageMove(BaseModel):
     gpa: int
     size: int
@@ -288,6 +296,7 @@ class PageMove(BaseModel):
     node: int
     method: str = Field(..., description="copy, trusted-agent (encrypted private pages) or move_pages (kvm)")
     agent: str | None = Field(None, description="the firmware command modelled: tdx-relocate or snp-page-move")
+    kernel_status: list[int] | None = Field(None, description=KERNEL_STATUS)
 
 
 class Migrated(BaseModel):
@@ -302,6 +311,7 @@ class Migrated(BaseModel):
     node: int | None = None
     method: str | None = None
     agent: str | None = None
+    kernel_status: list[int] | None = Field(None, description=KERNEL_STATUS)
     moves: list[PageMove] | None = None
     pages_moved: int | None = None
 

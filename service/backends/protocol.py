@@ -84,7 +84,10 @@ class FrameMove:
     """One planned move: pages ``[ref.index, ref.index + npages)`` from frames at ``old_pfn`` to
     frames at ``new_pfn`` (both runs consecutive) on ``node``. Frames are None where the backend
     does not see them (kvm). ``method`` names how the backend moves them when that is not the
-    broker's choice (copy / trusted-agent), as kvm's ``move_pages``."""
+    broker's choice (copy / trusted-agent), as kvm's ``move_pages``. ``kernel_status``: per page, the
+    status the kernel gave when asked where the pages are (kvm's move_pages(2) with nodes=NULL: the
+    node each is on; a page it gives a negated errno for is refused, not planned); None where there is
+    no kernel to ask (sim)."""
 
     ref: PageRef
     npages: int
@@ -92,6 +95,7 @@ class FrameMove:
     new_pfn: int | None
     node: int
     method: str | None = None
+    kernel_status: tuple[int, ...] | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -253,6 +253,7 @@ def migrate_page(
             node=moved.node if moved.node is not None else -1,
             method=moved.method or "",
             agent=moved.agent,
+            kernel_status=moved.kernel_status,
         )
         _show_moves(s, [one], moved)
 
@@ -268,11 +269,23 @@ def _moves(file: Path, node: int | None) -> list[tuple[int, int | None, int | No
 
 
 def _show_moves(s: Session, moves: list[models.PageMove], result: object) -> None:
-    rows = [(f"{m.gpa:#x}", m.size // PAGE_SIZE, m.old_pfn, m.new_pfn, m.node, m.method) for m in moves]
+    rows = [(f"{m.gpa:#x}", m.size // PAGE_SIZE, m.old_pfn, m.new_pfn, m.node, m.method, _status(m)) for m in moves]
     pages = sum(m.size for m in moves) // PAGE_SIZE
-    s.emit(
-        result, table(["gpa", "pages", "old pfn", "new pfn", "node", "method"], rows, title=f"{pages} page(s) moved")
-    )
+    columns = ["gpa", "pages", "old pfn", "new pfn", "node", "method", "kernel status"]
+    s.emit(result, table(columns, rows, title=f"{pages} page(s) moved"))
+
+
+def _status(move: models.PageMove) -> str:
+    """kvm's per-page move_pages(2) status, runs of one value shortened (``0 x512``); empty on the sim."""
+    if move.kernel_status is None:
+        return ""
+    runs: list[list[int]] = []
+    for value in move.kernel_status:
+        if runs and runs[-1][0] == value:
+            runs[-1][1] += 1
+        else:
+            runs.append([value, 1])
+    return " ".join(str(v) if n == 1 else f"{v} x{n}" for v, n in runs)
 
 
 def register(cli: typer.Typer) -> None:

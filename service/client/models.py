@@ -91,6 +91,7 @@ class PageMove(Model):
     node: int
     method: str  # copy, trusted-agent or move_pages
     agent: str | None = None
+    kernel_status: list[int] | None = None  # kvm: per page, the node move_pages(2) found it on before the move
 
 
 class Migrated(Model):
@@ -106,6 +107,7 @@ class Migrated(Model):
     node: int | None = None
     method: str | None = None
     agent: str | None = None
+    kernel_status: list[int] | None = None
     moves: list[PageMove] | None = None
     pages_moved: int | None = None
 

@@ -107,6 +107,7 @@ def _record(
                 "node": move.node,
                 "method": move.method or run.method,
                 "agent": run.agent,
+                "kernel_status": list(move.kernel_status) if move.kernel_status is not None else None,
             }
         )
     return items, effects

@@ -113,8 +113,9 @@ async def submit(broker: Broker, job: Job) -> Outcome:
         lane.wake = partial(loop.call_soon_threadsafe, _ensure_drainer, broker, job.vm_id, lane, lock)
     lane.queue.append(job)
     _ensure_drainer(broker, job.vm_id, lane, lock)
-    # The mutation runs whether or not the client stays: it is journalled, and its key replays it.
-    await asyncio.shield(future)
+    # Cancelling the wait (the client went away) cancels only the future: the job runs all the same,
+    # journalled, and its Idempotency-Key replays its answer.
+    await future
     return _result(job)
 
 
@@ -243,8 +244,9 @@ class _Batch:
             return
         try:
             with broker.uow() as uow:
-                for s in staged:
-                    uow.vms.apply(s.changes)
+                last = len(staged) - 1
+                for i, s in enumerate(staged):
+                    uow.vms.apply(s.changes, write_vm=i == last)
                     uow.journal.add(s.op)
                 uow.commit()
         except BaseException as exc:

@@ -90,8 +90,12 @@ class SqlVmRepository:
             shared=ExtentMap(runs[("shared", "")]),
         )
 
-    def apply(self, changes: Changes, *, undo: bool = False) -> None:
-        """Write ``changes``, or with ``undo`` write their inverse (after a failed backend call)."""
+    def apply(self, changes: Changes, *, undo: bool = False, write_vm: bool = True) -> None:
+        """Write ``changes``, or with ``undo`` write their inverse (after a failed backend call).
+
+        ``write_vm=False`` leaves the VM row alone: in a group, the last mutation's write carries the
+        state all of them leave (the row is written from the aggregate, which is already there).
+        """
         vm = changes.vm
         created, deleted = changes.created, changes.deleted
         memfds_added, memfds_removed = changes.memfds_added, changes.memfds_removed
@@ -158,7 +162,7 @@ class SqlVmRepository:
             conn.execute(delete(ExtentRow).where(ExtentRow.vm_id == vm.id))
             conn.execute(delete(FrameRunRow).where(FrameRunRow.vm_id == vm.id))
             conn.execute(delete(VmRow).where(VmRow.id == vm.id))
-        elif not created:
+        elif not created and write_vm:
             sql = hot(conn)
             execute(
                 conn,

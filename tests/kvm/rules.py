@@ -37,4 +37,6 @@ KERNEL_ERRNO: dict[str, str] = {
     "8 memslot read-only": "EINVAL",
     "8 memslot dirty logging": "EINVAL",
     "vm type not offered": "EINVAL",
+    # move_pages(2) to a node without memory fails the whole call (test_move_pages_rules).
+    "migrate to a node not online": "ENODEV",
 }

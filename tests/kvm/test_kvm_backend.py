@@ -7,7 +7,7 @@ import os
 import pytest
 
 from service.backends.kvm.backend import KvmBackend
-from service.backends.protocol import BackendError
+from service.backends.protocol import BackendError, FrameMove, MoveRequest, PageRef
 
 PAGE = 4096
 GFN = 1 << 20
@@ -133,3 +133,42 @@ def test_nothing_survives_in_a_new_backend(kvm: KvmBackend) -> None:
         assert not other.restore(vm)
     finally:
         other.close()
+
+
+def test_shared_pages_are_planned_by_asking_the_kernel_and_moved_idempotently(kvm: KvmBackend) -> None:
+    kvm.create_vm("v", "default")
+    kvm.create_memfd("v", "m", 16, ())
+    kvm.bind_memslot("v", 0, GFN, 16, "m", 0)
+    kvm.populate_shared("v", GFN, 4)
+    shared = PageRef(None, GFN)
+    (move,) = kvm.plan_moves("v", [MoveRequest(shared, 4, target_node=0)])
+    assert move == FrameMove(shared, 4, None, None, 0, "move_pages", (0, 0, 0, 0))
+    # An evacuation leaves out what is on the node already: here, everything.
+    assert kvm.plan_moves("v", [MoveRequest(shared, 4, target_node=0, skip_on_target=True)]) == []
+    for _ in range(2):
+        kvm.move_frames("v", move, "move_pages")
+    # A page the kernel does not hold (a hole of the shared memfd) is ENOENT, the domain's not-allocated.
+    with pytest.raises(BackendError) as err:
+        kvm.plan_moves("v", [MoveRequest(PageRef(None, GFN + 3), 2, target_node=0)])
+    assert err.value.errno == "ENOENT"
+    assert err.value.message.startswith(f"gfn {GFN + 4:#x}: move_pages(nodes=NULL) gave status -ENOENT")
+
+
+@pytest.mark.parametrize(
+    ("request_", "errno"),
+    [
+        (MoveRequest(PageRef(None, GFN), 1, target_node=64), "ENODEV"),
+        (MoveRequest(PageRef(None, GFN), 1, target_pfn=4096), "EOPNOTSUPP"),
+        (MoveRequest(PageRef("m", 0), 1, target_node=0), "EOPNOTSUPP"),
+        (MoveRequest(PageRef(None, GFN + 16), 1, target_node=0), "EOPNOTSUPP"),  # past the memslot
+    ],
+)
+def test_moves_this_kernel_cannot_make_are_refused(kvm: KvmBackend, request_: MoveRequest, errno: str) -> None:
+    kvm.create_vm("v", "default")
+    kvm.create_memfd("v", "m", 16, ("mmap",))
+    kvm.bind_memslot("v", 0, GFN, 16, "m", 0)
+    kvm.populate_shared("v", GFN, 1)
+    kvm.allocate("v", "m", 0, 1)
+    with pytest.raises(BackendError) as err:
+        kvm.plan_moves("v", [request_])
+    assert err.value.errno == errno

@@ -86,6 +86,17 @@ def running_with_private_pages(client: httpx.Client) -> Ids:
     return ids
 
 
+def populated_shared(client: httpx.Client) -> Ids:
+    """bound_guest with the shared backing of the 4 pages after its private window populated."""
+    ids = bound_guest(client)
+    ok(client.post(f"/v1/vms/{ids['vm']}/shared/populate", json={"gpa": BASE_GPA + 16 * PAGE, "size": 4 * PAGE}))
+    return ids
+
+
+def migrate(body: Any) -> Callable[[Ids], Request]:
+    return lambda ids: ("POST", f"/v1/vms/{ids['vm']}/migrate-page", body)
+
+
 def foreign_memfd(client: httpx.Client) -> Ids:
     ids = bound_guest(client)
     other = create_vm(client, "default")
@@ -269,6 +280,40 @@ CASES = [
         "out-of-range",
         None,
         "EINVAL",
+    ),
+    # migrate-page: what the sim and kvm both refuse (the sim has node 1; neither has node 64).
+    Case(
+        "migrate to a node not online",
+        populated_shared,
+        migrate({"gpa": BASE_GPA + 16 * PAGE, "target_node": 64}),
+        422,
+        "unknown-node",
+        "migrate to a node not online",
+    ),
+    Case(
+        "migrate a shared hole",
+        populated_shared,
+        migrate({"gpa": BASE_GPA + 32 * PAGE, "target_node": 0}),
+        409,
+        "not-allocated",
+        None,
+    ),
+    Case(
+        "migrate an unaligned gpa",
+        populated_shared,
+        migrate({"gpa": BASE_GPA + 1, "target_node": 0}),
+        422,
+        "unaligned",
+        None,
+        "EINVAL",
+    ),
+    Case(
+        "migrate outside every memslot",
+        populated_shared,
+        migrate({"gpa": 2 * BASE_GPA, "target_node": 0}),
+        422,
+        "out-of-range",
+        None,
     ),
 ]
 

@@ -44,7 +44,9 @@ ViewQuery = Annotated[
     "`sev_snp`/`tdx` VMs (the firmware's relocate re-seals the page for its new frame; a plain copy would hand "
     "the guest garbage). `{moves: [...]}` moves a batch, all or nothing. `{gpa, size, target_node}` evacuates "
     "every allocated page of the range not yet on the node (NUMA rebalancing, memory offlining). Journalled; "
-    "bumps the generation.",
+    "bumps the generation. On `kvm`, shared pages move with move_pages(2) (`method` `move_pages`, frames null, "
+    "`kernel_status` the node the kernel found each page on); guest_memfd pages and `target_pfn` are 501 "
+    "`not-supported-by-kernel`, and a node that is not online is 422 `unknown-node` (ENODEV).",
     responses=responses(
         "not-found",
         "unaligned",

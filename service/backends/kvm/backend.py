@@ -33,7 +33,7 @@ from ..protocol import (
     PageRef,
     VmInventory,
 )
-from . import uapi
+from . import moves, uapi
 
 NODE_ROOT = Path("/sys/devices/system/node")
 MEMINFO = Path("/proc/meminfo")
@@ -128,7 +128,13 @@ class KvmBackend:
                 "private_in_use": "broker",
                 "punch_out_of_range": "broker",
             },
-            details={"release": os.uname().release, "device": self._device, "fd_handoff": True},
+            details={
+                "release": os.uname().release,
+                "device": self._device,
+                "fd_handoff": True,
+                # migrate-page moves shared pages with move_pages(2) where its syscall number is known.
+                "move_pages": os.uname().machine in uapi.SYS_MOVE_PAGES,
+            },
             max_gpa=self._probe_max_gpa(),
         )
 
@@ -431,21 +437,52 @@ class KvmBackend:
             raise BackendError("ENODEV", f"NUMA node {node} is not online (nodes: {self._nodes})")
 
     def plan_moves(self, vm_id: str, requests: list[MoveRequest]) -> list[FrameMove]:
-        for req in requests:
-            if req.target_node is not None:
+        with self._vm(vm_id) as vm:
+            planned: list[FrameMove] = []
+            for req in requests:
+                if req.target_pfn is not None:
+                    raise BackendError("EOPNOTSUPP", "moving to a chosen frame: the host kernel picks frames itself")
+                if req.target_node is None:
+                    raise BackendError("EINVAL", "a move names a target node or a target frame")
                 self._check_node(req.target_node)
-            if req.target_pfn is not None:
-                raise BackendError("EOPNOTSUPP", "moving to a chosen frame: the host kernel picks frames itself")
-            if req.ref.memfd_id is not None:
-                raise BackendError(
-                    "EOPNOTSUPP",
-                    "migrating guest_memfd pages: the kernel has no capability for it (KVM_CAP_GUEST_MEMFD "
-                    "offers no page migration; move_pages(2) cannot reach pages that are not mapped)",
-                )
-        raise BackendError("EOPNOTSUPP", "moving shared pages with move_pages(2) is not wired into this backend yet")
+                if req.ref.memfd_id is not None:
+                    raise self._unmovable(vm, req.ref.memfd_id)
+                addrs = self._shared_pages(vm, req.ref.index, req.npages)
+                planned += moves.plan(req.ref, addrs, req.target_node, skip_on_target=req.skip_on_target)
+            return planned
+
+    def _unmovable(self, vm: _Vm, memfd_id: str) -> BackendError:
+        """Why a guest_memfd page cannot move here, naming what the kernel lacks."""
+        memfd = self._memfd(vm, memfd_id)
+        unmapped = (
+            ""
+            if "mmap" in memfd.flags
+            else f"; memfd {memfd_id!r} is not mapped either (made without GUEST_MEMFD_FLAG_MMAP), and "
+            "move_pages(2) reaches only mapped pages"
+        )
+        return BackendError(
+            "EOPNOTSUPP",
+            "migrating guest_memfd pages: the kernel offers no capability for it (no KVM_CAP_* migrates guest_memfd "
+            "folios, which mainline marks unmovable; a private page is never mapped for move_pages(2) to reach)"
+            + unmapped,
+        )
+
+    def _shared_pages(self, vm: _Vm, gfn: int, npages: int) -> list[int]:
+        """The broker's address of each shared-backing page of ``[gfn, gfn + npages)``, in gfn order."""
+        addrs: list[int] = []
+        for slot, offset, length in sorted(self._shared_ranges(vm, gfn, npages), key=lambda p: p[0].gfn):
+            addrs += range(slot.shared_addr + offset, slot.shared_addr + offset + length, PAGE_SIZE)
+        if len(addrs) != npages:
+            raise BackendError(
+                "EOPNOTSUPP", f"gfns [{gfn:#x}, {gfn + npages:#x}) are not all in memslots whose shared side is mapped"
+            )
+        return addrs
 
     def move_frames(self, vm_id: str, move: FrameMove, method: str) -> None:
-        raise BackendError("EOPNOTSUPP", "frame moves on the kvm backend")
+        with self._vm(vm_id) as vm:
+            if move.ref.memfd_id is not None:
+                raise self._unmovable(vm, move.ref.memfd_id)
+            moves.move(move.ref.index, self._shared_pages(vm, move.ref.index, move.npages), move.node)
 
     def frame_changes(self, vm_id: str) -> FrameChanges:
         return FrameChanges()  # the host's frames are not visible to the broker

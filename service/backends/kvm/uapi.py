@@ -125,6 +125,13 @@ FALLOC_FL_PUNCH_HOLE = 0x02
 
 MADV_POPULATE_WRITE = 23
 
+# move_pages(2) (mm/migrate.c): the syscall number per machine. Only x86_64's is checked on a live
+# kernel (arch/x86/entry/syscalls/syscall_64.tbl); elsewhere the call is refused rather than guessed.
+SYS_MOVE_PAGES = {"x86_64": 279}
+MPOL_MF_MOVE = 1 << 1
+# A status the kernel never writes (it writes a node id or a negated errno): marks pages it left alone.
+MOVE_STATUS_UNSET = -(1 << 31)
+
 # -- calls -----------------------------------------------------------------------------------------
 
 
@@ -151,6 +158,17 @@ _libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
 _libc.munmap.restype = ctypes.c_int
 _libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
 _libc.madvise.restype = ctypes.c_int
+# syscall(2) is variadic too; move_pages(pid, count, pages, nodes, status, flags), every argument in a register.
+_libc.syscall.argtypes = [
+    ctypes.c_long,
+    ctypes.c_int,
+    ctypes.c_ulong,
+    ctypes.c_void_p,
+    ctypes.c_void_p,
+    ctypes.c_void_p,
+    ctypes.c_int,
+]
+_libc.syscall.restype = ctypes.c_long
 
 PROT_READ, PROT_WRITE = 1, 2
 MAP_SHARED = 1
@@ -187,3 +205,24 @@ def munmap(addr: int, length: int) -> None:
 def madvise(addr: int, length: int, advice: int, what: str) -> None:
     if _libc.madvise(addr, length, advice) != 0:
         raise _error(ctypes.get_errno(), what)
+
+
+def move_pages(addrs: list[int], nodes: list[int] | None, flags: int, what: str) -> tuple[int, list[int]]:
+    """move_pages(2) on this process: ``nodes`` None asks where the pages are, else moves page i to nodes[i].
+
+    Returns the kernel's return value (the number of pages it could not move, >= 0) and the status
+    array: per page the node it is on, or a negated errno (-ENOENT not present, -EFAULT not mapped...).
+    A page the kernel gave up on before reaching keeps ``MOVE_STATUS_UNSET``.
+    """
+    machine = os.uname().machine
+    number = SYS_MOVE_PAGES.get(machine)
+    if number is None:
+        raise BackendError("EOPNOTSUPP", f"{what}: move_pages(2)'s syscall number on {machine} is not known here")
+    count = len(addrs)
+    pages = (ctypes.c_void_p * count)(*addrs)
+    targets = (ctypes.c_int * count)(*nodes) if nodes is not None else None
+    status = (ctypes.c_int * count)(*([MOVE_STATUS_UNSET] * count))
+    ret = int(_libc.syscall(number, 0, count, pages, targets, status, flags))
+    if ret < 0:
+        raise _error(ctypes.get_errno(), what)
+    return ret, list(status)
