@@ -265,3 +265,13 @@ def test_rule_7_touching_a_private_page_through_a_mapping_is_sigbus(raw: RawVm) 
     _, status = os.waitpid(pid, 0)
     assert os.WIFSIGNALED(status)
     assert os.WTERMSIG(status) == signal.SIGBUS
+
+
+def test_rule_9_init_shared_is_offered_to_a_vm_without_private_memory(raw: RawVm) -> None:
+    # Asked on the VM fd, KVM_CAP_GUEST_MEMFD_FLAGS names the flags valid for that VM's type. The default
+    # type has no private memory, so init_shared is among them and a memfd takes it. (The refusal side,
+    # SNP and TDX VMs, needs a kernel that offers those types; this one offers only the default.)
+    flags = uapi.ioctl(raw.fd, uapi.KVM_CHECK_EXTENSION, uapi.KVM_CAP_GUEST_MEMFD_FLAGS, "cap")
+    assert flags & uapi.GUEST_MEMFD_FLAG_INIT_SHARED
+    both = uapi.GUEST_MEMFD_FLAG_MMAP | uapi.GUEST_MEMFD_FLAG_INIT_SHARED
+    assert errno_of(lambda: raw.memfd(MIB, both)) == "accepted"
