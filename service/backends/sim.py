@@ -312,10 +312,9 @@ class SimBackend:
             if len(data) != PAGE_SIZE:
                 raise BackendError("EINVAL", f"a page is {PAGE_SIZE} bytes, not {len(data)}")
             # A write through a mapping faults the page in, as it does on a real guest_memfd.
-            self._populate(self._vm(vm_id), memfd_id, memfd.frames, pgoff, pgoff + 1)
-            delta = memfd.frames.get(pgoff)
-            assert delta is not None
-            self._data[pgoff + delta] = bytes(data)
+            vm = self._vm(vm_id)
+            self._populate(vm, memfd_id, memfd.frames, pgoff, pgoff + 1)
+            self._data[self._frame(vm, vm_id, PageRef(memfd_id, pgoff))] = bytes(data)
 
     def memfd_fd(self, vm_id: str, memfd_id: str) -> int:
         raise BackendError("EOPNOTSUPP", "the sim backend models memfds and holds no fds to hand off")

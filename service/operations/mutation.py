@@ -179,12 +179,10 @@ class _Batch:
             # stored answer only once the backend has caught up with it.
             try:
                 replay_pending(broker, self.vm_id)
-            except BackendError as err:
-                refused = ReplayPending(f"VM {self.vm_id!r} has a pending operation the backend refused again: {err}")
-                self._answer(jobs[0], error=refused)
-                self.lane.requeue(jobs[1:], solo=True)
-                return
             except BaseException as exc:
+                if isinstance(exc, BackendError):
+                    detail = f"VM {self.vm_id!r} has a pending operation the backend refused again: {exc}"
+                    exc = ReplayPending(detail)
                 self._answer(jobs[0], error=exc)
                 self.lane.requeue(jobs[1:], solo=True)  # each retries the replay and gets its own answer
                 return
@@ -278,8 +276,8 @@ class _Batch:
                 return
         self._mark_applied(staged)
 
-    def _mark_applied(self, applied: list[_Staged], *, written: bool = False) -> None:
-        if applied and not written:
+    def _mark_applied(self, applied: list[_Staged]) -> None:
+        if applied:
             try:
                 with self.broker.uow() as uow:
                     uow.journal.mark_applied([s.op.id for s in applied])
@@ -290,6 +288,9 @@ class _Batch:
                 # idempotent, so answer success and let the replay before the next mutation mark them.
                 log.exception("could not mark %d applied operation(s) of VM %s", len(applied), self.vm_id)
                 self.broker.needs_replay.add(self.vm_id)
+        self._answer_applied(applied)
+
+    def _answer_applied(self, applied: list[_Staged]) -> None:
         for s in applied:
             if s.changes.deleted:
                 self.broker.forget(self.vm_id)
@@ -337,7 +338,7 @@ class _Batch:
             self._leave_pending(k, exc, f"undoing it after a backend refusal ({problem.detail}) failed ({exc})")
             return
         broker.forget(self.vm_id)
-        self._mark_applied(staged[:k], written=True)
+        self._answer_applied(staged[:k])  # marked applied in the undo's transaction
         self._answer(failed.job, error=problem)
         # Everything after k was validated against k's change: run it again. Jobs before k keep answers.
         position = self.processed.index(failed.job)

@@ -46,24 +46,23 @@ class HotSql:
             f'INSERT INTO frame_runs (vm_id, owner, start, "end", pfn) VALUES ({p}, {p}, {p}, {p}, {p})'
         )
 
+    def _marks(self, n: int) -> str:
+        """``n`` placeholders for an ``IN (...)`` list."""
+        return ", ".join([self._p] * n)
+
     def delete_frame_runs(self, n: int) -> str:
         p = self._p
-        marks = ", ".join([p] * n)
-        return f"DELETE FROM frame_runs WHERE vm_id = {p} AND owner = {p} AND start IN ({marks})"
+        return f"DELETE FROM frame_runs WHERE vm_id = {p} AND owner = {p} AND start IN ({self._marks(n)})"
 
     def delete_extents(self, n: int) -> str:
         p = self._p
-        marks = ", ".join([p] * n)
-        return f"DELETE FROM extents WHERE vm_id = {p} AND map = {p} AND owner = {p} AND start IN ({marks})"
+        return f"DELETE FROM extents WHERE vm_id = {p} AND map = {p} AND owner = {p} AND start IN ({self._marks(n)})"
 
     def mark_applied(self, n: int) -> str:
-        p = self._p
-        marks = ", ".join([p] * n)
-        return f"UPDATE operations SET status = 'applied', finished_at = {p} WHERE id IN ({marks})"
+        return f"UPDATE operations SET status = 'applied', finished_at = {self._p} WHERE id IN ({self._marks(n)})"
 
     def discard_ops(self, n: int) -> str:
-        marks = ", ".join([self._p] * n)
-        return f"DELETE FROM operations WHERE id IN ({marks}) AND status = 'pending'"
+        return f"DELETE FROM operations WHERE id IN ({self._marks(n)}) AND status = 'pending'"
 
     def dt(self, value: Any) -> Any:
         return None if value is None else self._dt(value)
