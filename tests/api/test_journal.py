@@ -28,6 +28,21 @@ def test_idempotency_key_replays_the_stored_response(client: httpx.Client) -> No
     assert snapshot(client, vm_id) == before
 
 
+def test_an_idempotency_key_over_255_characters_is_refused(client: httpx.Client) -> None:
+    vm_id, _ = guest(client, MIB)
+    before = snapshot(client, vm_id)
+    convert = {"ranges": [{"gpa": BASE_GPA, "size": PAGE, "to": "shared"}]}
+    doc = problem(
+        client.post(f"/v1/vms/{vm_id}/convert", json=convert, headers={"Idempotency-Key": "k" * 256}),
+        422,
+        "validation-error",
+    )
+    assert doc["errors"][0]["loc"] == ["header", "Idempotency-Key"]
+    assert doc["errors"][0]["type"] == "string_too_long"
+    assert snapshot(client, vm_id) == before
+    ok(client.post(f"/v1/vms/{vm_id}/convert", json=convert, headers={"Idempotency-Key": "k" * 255}))
+
+
 def test_idempotent_vm_creation(client: httpx.Client) -> None:
     key = {"Idempotency-Key": "create-once-" + str(id(client))}
     a = ok(client.post("/v1/vms", json={"vm_type": "tdx"}, headers=key), 201)
