@@ -18,6 +18,7 @@ from .api.middleware import BodyLimitMiddleware, RequestIdMiddleware
 from .api.routes import events, memfds, memory, memslots, migration, system, vms
 from .backends.factory import make_backend
 from .backends.protocol import MemoryBackend
+from .gc_policy import settle_for_serving
 from .handoff_server import HandoffServer
 from .operations.broker import Broker
 from .operations.events import EventHub
@@ -50,8 +51,13 @@ class SchemaMismatch(RuntimeError):
 
 
 def create_app(
-    settings: Settings | None = None, *, backend: MemoryBackend | None = None, engine: Engine | None = None
+    settings: Settings | None = None,
+    *,
+    backend: MemoryBackend | None = None,
+    engine: Engine | None = None,
+    serving: bool = False,
 ) -> FastAPI:
+    """The app; ``serving`` when it is the process's only app (``gmem-broker serve``), which tunes the GC."""
     settings = settings or Settings()
     engine = engine or make_engine(settings.database_url, pool_size=settings.db_pool_size)
     backend = backend or make_backend(settings)
@@ -77,6 +83,8 @@ def create_app(
         if backend.host_info().details.get("fd_handoff"):
             listener = HandoffServer(broker, handoff.tickets, handoff.path)
             listener.start()
+        if serving:
+            settle_for_serving()
         yield
         if listener is not None:
             listener.stop()

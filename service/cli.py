@@ -61,7 +61,7 @@ def serve(
         typer.echo(f"gmem-broker: refusing to start: {status.problem()}", err=True)
         raise typer.Exit(2)
     try:
-        app = create_app(settings, engine=engine)
+        app = create_app(settings, engine=engine, serving=True)
     except BackendUnavailable as exc:
         typer.echo(f"gmem-broker: refusing to start: {exc}", err=True)
         raise typer.Exit(2) from exc

@@ -12,9 +12,10 @@ from ...operations.mutation import submit
 from .. import schemas
 from ..auth import ADMIN, PrincipalDep, require
 from ..deps import MUTATION_HEADERS, BrokerDep, HandoffDep, MutatingDep, respond, with_etag
+from ..lean_route import LeanRoute
 from ..problems import VM_MUTATION, responses
 
-router = APIRouter(prefix="/v1/vms/{vm_id}/memfds", tags=["memfds"])
+router = APIRouter(prefix="/v1/vms/{vm_id}/memfds", tags=["memfds"], route_class=LeanRoute)
 
 
 @router.post(

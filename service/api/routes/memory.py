@@ -11,9 +11,10 @@ from ...operations import population, queries
 from ...operations.mutation import submit
 from .. import schemas
 from ..deps import MUTATION_HEADERS, BrokerDep, MutatingDep, respond, with_etag
+from ..lean_route import LeanRoute
 from ..problems import VM_MUTATION, responses
 
-router = APIRouter(prefix="/v1/vms/{vm_id}", tags=["memory"])
+router = APIRouter(prefix="/v1/vms/{vm_id}", tags=["memory"], route_class=LeanRoute)
 
 
 @router.post(

@@ -9,9 +9,10 @@ from ...operations import memfds, queries
 from ...operations.mutation import submit
 from .. import schemas
 from ..deps import MUTATION_HEADERS, BrokerDep, MutatingDep, respond
+from ..lean_route import LeanRoute
 from ..problems import VM_MUTATION, responses
 
-router = APIRouter(prefix="/v1/vms/{vm_id}/memslots", tags=["memslots"])
+router = APIRouter(prefix="/v1/vms/{vm_id}/memslots", tags=["memslots"], route_class=LeanRoute)
 
 
 @router.post(

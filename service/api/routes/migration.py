@@ -14,9 +14,10 @@ from ...operations import migration
 from ...operations.mutation import submit
 from .. import schemas
 from ..deps import MUTATION_HEADERS, BrokerDep, MutatingDep, respond, with_etag
+from ..lean_route import LeanRoute
 from ..problems import VM_MUTATION, responses
 
-router = APIRouter(prefix="/v1/vms/{vm_id}", tags=["migration"])
+router = APIRouter(prefix="/v1/vms/{vm_id}", tags=["migration"], route_class=LeanRoute)
 
 
 class NotBase64(DomainError):
