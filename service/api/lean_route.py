@@ -35,7 +35,7 @@ class LeanRoute(APIRoute):
 
     def get_route_handler(self) -> Handler:
         full = super().get_route_handler()
-        plan = _plan(self)
+        plan = direct_plan(self)
         if plan is None:
             return full
         endpoint, body_name, model, path_names, dependencies = plan
@@ -69,7 +69,7 @@ Plan = tuple[
 ]
 
 
-def _plan(route: APIRoute) -> Plan | None:
+def direct_plan(route: APIRoute) -> Plan | None:
     """What the direct path needs, or None where the endpoint is not of the shape it handles."""
     d = route.dependant
     endpoint = d.call
