@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextvars
 from collections import deque
 from collections.abc import Callable
@@ -36,8 +37,15 @@ class Job:
     error: BaseException | None = None
     # The request's context (its request id, for logs), whichever thread runs the batch.
     context: contextvars.Context = field(default_factory=contextvars.copy_context)
-    # Called, from whichever thread ran the batch, once the job is done: how an awaiting request learns.
-    notify: Callable[[], object] | None = None
+    # Where an awaiting request waits: the batch that answers the job settles the future on its
+    # loop (one thread-safe call per batch and loop, however many jobs it answered).
+    waiter: Waiter | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Waiter:
+    loop: asyncio.AbstractEventLoop
+    future: asyncio.Future[None]
 
 
 @dataclass(eq=False, slots=True)

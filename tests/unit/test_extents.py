@@ -243,7 +243,60 @@ def draw_update(data: st.DataObject, m: ExtentMap[str]) -> tuple[int, int, str |
 @settings(max_examples=200, deadline=None)
 @given(data=st.data(), steps=st.integers(0, 40))
 def test_extent_map_matches_naive_model(data: st.DataObject, steps: int) -> None:
+    check_against_model(data, steps, ExtentMap())
+
+
+# The map reads the sorted keys' sublists directly; a load of 4 (sortedcontainers' default is 1000)
+# puts the model's few dozen runs across many sublists, so lookups cross sublist boundaries.
+@pytest.mark.timeout(900)
+@settings(max_examples=200, deadline=None)
+@given(data=st.data(), steps=st.integers(0, 60))
+def test_extent_map_over_many_sublists_matches_naive_model(data: st.DataObject, steps: int) -> None:
     m: ExtentMap[str] = ExtentMap()
+    m._runs._list._reset(4)
+    check_against_model(data, steps, m)
+
+
+def test_large_scattered_map_matches_naive_model() -> None:
+    """Thousands of runs (several sublists at the default load), changed a few pages at a time."""
+    import random
+
+    rng = random.Random(7)
+    n = 60_000
+    m: ExtentMap[str] = ExtentMap()
+    m.set(0, n, "a")
+    pages = dict.fromkeys(range(n), "a")
+
+    def update(p: int, q: int) -> None:
+        v = rng.choice((None, "a", "b"))
+        assert m.set(p, q, v) == sum(1 for x in range(p, q) if pages.get(x) != v)
+        for x in range(p, q):
+            if v is None:
+                pages.pop(x, None)
+            else:
+                pages[x] = v
+
+    for p in rng.sample(range(n), 12_000):
+        update(p, p + rng.randint(1, 6))
+    # Then updates around where one sublist's keys end and the next's begin.
+    for _ in range(300):
+        sublists = m._runs._list._lists
+        i = rng.randrange(1, len(sublists))
+        last, first = sublists[i - 1][-1], sublists[i][0]
+        p = rng.randint(last - 2, first + 1)
+        update(p, rng.randint(p + 1, max(p + 1, first + 3)))
+    sublists = m._runs._list._lists
+    assert len(sublists) > 2
+    # Where the runs of one sublist end and the next sublist's begin: lookups cross there.
+    assert any(nxt[0] - prev[-1] > 1 for prev, nxt in pairwise(sublists))
+    assert_maximal(m)
+    for p in range(-1, n + 8):
+        assert m.get(p) == pages.get(p)
+    expected_runs = [(s, e, v) for s, e, v in rle(pages, 0, n + 8) if v is not None]
+    assert runs(m) == expected_runs
+
+
+def check_against_model(data: st.DataObject, steps: int, m: ExtentMap[str]) -> None:
     pages: dict[int, str] = {}
     at_drain = set(m)
     for _ in range(steps):
