@@ -9,10 +9,10 @@ back through the ORM models are identical). Everything else goes through SQLAlch
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from pydantic_core import to_json
 from sqlalchemy import Connection, DateTime
 from sqlalchemy.engine import Dialect
 
@@ -69,7 +69,9 @@ class HotSql:
 
     @staticmethod
     def js(value: Any) -> str | None:
-        return None if value is None else json.dumps(value)
+        # pydantic-core's serialiser: compact, and a fifth of json.dumps's time on a journal row's
+        # request, effects and result; the column reads back through json.loads all the same.
+        return None if value is None else to_json(value).decode()
 
 
 def hot(conn: Connection) -> HotSql:
