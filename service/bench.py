@@ -10,6 +10,13 @@ Three figures, in one run against one server process:
 (c) convert batches of ``batch_ranges`` ranges of ``range_pages`` pages each, separated by gaps of
     the same size, sent back to back by one client: batches/s, page conversions/s, p50 and p99.
 
+(a) and (b) are measured in ``rounds`` alternating rounds (a b, b a, a b, ...) after one second of
+each as warm-up, and each figure is the median over the rounds (p99: the worst round), with every
+round's throughput printed too. On a shared two-core machine one five-second measurement of the
+same server varies by 15% or more from the next; alternating rounds keep a drift of the machine
+from landing on one side of the ratio. Each round of (b) carries on the workers' walks where the
+previous one stopped, so a page is never converted twice in the same direction.
+
 The load for (a) and (b) comes from ``wrk`` when it is installed (a C load generator, so the client
 is not what is measured), else from several Python client processes, each running keep-alive
 connections; the figures say which. Only loopback is used; every wait is bounded.
@@ -49,7 +56,7 @@ SINGLE_REGION_PAGES = 8 << 20
 MIN_BATCH_REGION_PAGES = 8 << 20
 # Pages each worker of (b) cycles through before flipping direction; a power of two, so that
 # ``i * STRIDE % cycle`` (STRIDE odd) visits every page of the cycle once, scattered.
-MAX_CYCLE = 1 << 16
+MAX_CYCLE = 1 << 20
 STRIDE = 7919
 MARKER = "GMEM_BENCH_JSON "
 SERVER_START_TIMEOUT = 60.0
@@ -219,7 +226,7 @@ function setup(thread)
   threads_made = threads_made + 1
 end
 
-counter = 0
+counter = {first_counter}
 
 -- Same as Layout.convert_body: a stride permutation of the worker's cycle, to shared on even
 -- passes and back to private on odd ones, so every request converts one page.
@@ -246,7 +253,15 @@ def _wrk_threads(connections: int) -> int:
 
 
 def _run_wrk(
-    wrk: str, workdir: Path, base_url: str, kind: str, layout: Layout, *, seconds: int, connections: int
+    wrk: str,
+    workdir: Path,
+    base_url: str,
+    kind: str,
+    layout: Layout,
+    *,
+    seconds: int,
+    connections: int,
+    first_counter: int = 0,
 ) -> dict[str, Any]:
     threads = _wrk_threads(connections)
     marker = f'MARKER = "{MARKER}"\n'
@@ -262,6 +277,7 @@ def _run_wrk(
                 cycle=layout.cycle,
                 stride=STRIDE,
                 page=PAGE,
+                first_counter=first_counter,
             )
             + _WRK_DONE
         )
@@ -319,6 +335,7 @@ def _client_process(
     first_worker: int,
     nconns: int,
     duration: float,
+    first_counter: int,
     barrier: Any,
     results: Any,
 ) -> None:
@@ -341,7 +358,7 @@ def _client_process(
             go.wait(timeout=60)
             path = f"/v1/vms/{layout.vm_id}/convert"
             headers = {"content-type": "application/json"}
-            counter = 0
+            counter = first_counter
             while True:
                 t0 = time.monotonic()
                 if t0 >= deadline[0]:
@@ -390,7 +407,9 @@ def _fallback_processes(connections: int) -> int:
     return max(1, min(connections, os.cpu_count() or 2))
 
 
-def _run_python(base_url: str, kind: str, layout: Layout, *, duration: float, connections: int) -> dict[str, Any]:
+def _run_python(
+    base_url: str, kind: str, layout: Layout, *, duration: float, connections: int, first_counter: int = 0
+) -> dict[str, Any]:
     ctx = multiprocessing.get_context("spawn")
     shares = _split(connections, _fallback_processes(connections))
     barrier = ctx.Barrier(len(shares) + 1)
@@ -400,7 +419,7 @@ def _run_python(base_url: str, kind: str, layout: Layout, *, duration: float, co
     for share in shares:
         p = ctx.Process(
             target=_client_process,
-            args=(base_url, kind, layout, first, share, duration, barrier, results),
+            args=(base_url, kind, layout, first, share, duration, first_counter, barrier, results),
             daemon=True,
         )
         p.start()
@@ -526,21 +545,27 @@ def _report(figures: dict[str, Any], console: Console) -> None:
     table.add_column("p99 ms", justify="right")
     table.add_column("server CPU/req", justify="right")
     table.add_column("notes")
+
+    def rounds(figures: dict[str, Any]) -> str:
+        return ", ".join(f"{r['requests_per_s']:,.0f}" for r in figures["rounds"])
+
     table.add_row(
         "(a) GET /healthz",
         f"{a['requests_per_s']:,.0f} req/s",
         f"{a['p50_ms']:.2f}",
         f"{a['p99_ms']:.2f}",
         f"{a['server_cpu_us_per_request']:,.0f} µs",
-        f"{a['requests']:,} req, {a['errors']} err",
+        f"rounds: {rounds(a)} req/s; {a['requests']:,} req, {a['errors']} err",
     )
+    per_round = ", ".join(f"{x:.0%}" for x in b["round_ratios"])
     table.add_row(
         "(b) convert 1 range x 1 page",
         f"{b['requests_per_s']:,.0f} req/s",
         f"{b['p50_ms']:.2f}",
         f"{b['p99_ms']:.2f}",
         f"{b['server_cpu_us_per_request']:,.0f} µs",
-        f"{b['ratio_to_noop']:.1%} of (a); {b['requests']:,} req, {b['errors']} err",
+        f"{b['ratio_to_noop']:.1%} of (a) (each round: {per_round}); rounds: {rounds(b)} req/s; "
+        f"{b['requests']:,} req, {b['errors']} err",
     )
     table.add_row(
         f"(c) convert {c['ranges']:,} ranges x {c['range_pages']} pages",
@@ -551,14 +576,41 @@ def _report(figures: dict[str, Any], console: Console) -> None:
         f"{c['batches']} batches, 1 client",
     )
     console.print(table)
-    console.print(f"load (a), (b): {figures['generator_detail']}")
+    console.print(
+        f"load (a), (b): {figures['generator_detail']} per round; throughput and p50: median of "
+        f"{figures['rounds']} round(s), p99: the worst"
+    )
     console.print(f"server: {figures['server']}; batches {c['request_bytes']:,} bytes each")
 
 
-def run_bench(*, duration: float, connections: int, batch_ranges: int, range_pages: int) -> dict[str, Any]:
+def _median(values: list[float]) -> float:
+    ordered = sorted(values)
+    mid = len(ordered) // 2
+    return ordered[mid] if len(ordered) % 2 else (ordered[mid - 1] + ordered[mid]) / 2
+
+
+def _combine(endpoint: str, runs: list[dict[str, Any]], cpu_seconds: float) -> dict[str, Any]:
+    """One kind's figures over its rounds: medians, the worst p99, totals, and every round as measured."""
+    requests = sum(r["requests"] for r in runs)
+    return {
+        "endpoint": endpoint,
+        "requests_per_s": _median([r["requests_per_s"] for r in runs]),
+        "p50_ms": _median([r["p50_ms"] for r in runs]),
+        "p99_ms": max(r["p99_ms"] for r in runs),
+        "requests": requests,
+        "errors": sum(r["errors"] for r in runs),
+        "non_2xx": sum(r["non_2xx"] for r in runs),
+        "server_cpu_us_per_request": cpu_seconds / requests * 1e6 if requests else 0.0,
+        "rounds": runs,
+    }
+
+
+def run_bench(
+    *, duration: float, connections: int, batch_ranges: int, range_pages: int, rounds: int = 3
+) -> dict[str, Any]:
     """Measure (a) GET /healthz, (b) single-page converts, (c) convert batches; print a table, return the figures."""
-    if duration <= 0 or connections < 1 or batch_ranges < 1 or range_pages < 1:
-        raise ValueError("duration, connections, batch_ranges and range_pages must be positive")
+    if duration <= 0 or connections < 1 or batch_ranges < 1 or range_pages < 1 or rounds < 1:
+        raise ValueError("duration, connections, batch_ranges, range_pages and rounds must be positive")
     console = Console(stderr=True)
     if not console.is_terminal:
         console.width = max(console.width, 110)
@@ -586,31 +638,65 @@ def run_bench(*, duration: float, connections: int, batch_ranges: int, range_pag
             layout = _layout(vm_id, workers)
             _warm_up(client, layout, BASE_GPA // PAGE + memfd_pages - 1)
 
-            def measure(kind: str) -> dict[str, Any]:
+            # Where each worker's walk of (b) has got to: a later run goes on from there. With more
+            # than one worker a run's total bounds each worker's share, so nothing is walked twice.
+            converted = 0
+            cpu = {NOOP: 0.0, CONVERT: 0.0}
+
+            def measure(kind: str, seconds_: int, duration_: float) -> dict[str, Any]:
+                nonlocal converted
                 cpu_before = _cpu_seconds(pid)
                 if wrk is not None:
-                    figures = _run_wrk(wrk, workdir, base_url, kind, layout, seconds=seconds, connections=connections)
+                    figures = _run_wrk(
+                        wrk,
+                        workdir,
+                        base_url,
+                        kind,
+                        layout,
+                        seconds=seconds_,
+                        connections=connections,
+                        first_counter=converted,
+                    )
                 else:
-                    figures = _run_python(base_url, kind, layout, duration=duration, connections=connections)
+                    figures = _run_python(
+                        base_url, kind, layout, duration=duration_, connections=connections, first_counter=converted
+                    )
                 used = _cpu_seconds(pid) - cpu_before
+                cpu[kind] += used
                 figures["server_cpu_us_per_request"] = used / figures["requests"] * 1e6 if figures["requests"] else 0.0
+                if kind == CONVERT:
+                    converted += figures["requests"] + figures["errors"]
                 return figures
 
-            console.print(f"(a) GET /healthz, {connections} connections ...")
-            noop = {"endpoint": "GET /healthz", **measure(NOOP)}
-            console.print(f"(b) single-page convert, {connections} connections ...")
-            convert = {"endpoint": "POST /v1/vms/{id}/convert, 1 range of 1 page", **measure(CONVERT)}
+            console.print(f"(a), (b): warm-up, then {rounds} alternating round(s), {connections} connections ...")
+            measure(NOOP, 1, min(duration, 1.0))
+            measure(CONVERT, 1, min(duration, 1.0))
+            warm_converts = converted
+            cpu = {NOOP: 0.0, CONVERT: 0.0}
+            runs: dict[str, list[dict[str, Any]]] = {NOOP: [], CONVERT: []}
+            for r in range(rounds):
+                for kind in (NOOP, CONVERT) if r % 2 == 0 else (CONVERT, NOOP):
+                    run = measure(kind, seconds, duration)
+                    runs[kind].append(run)
+                    console.print(f"  round {r + 1} {kind}: {run['requests_per_s']:,.0f} req/s")
+            noop = _combine("GET /healthz", runs[NOOP], cpu[NOOP])
+            convert = _combine("POST /v1/vms/{id}/convert, 1 range of 1 page", runs[CONVERT], cpu[CONVERT])
             convert["shared_pages_after"] = _shared_pages(
                 client, vm_id, layout.first_gfn, layout.first_gfn + SINGLE_REGION_PAGES
             )
-            if convert["requests"] <= layout.cycle and convert["shared_pages_after"] < convert["requests"]:
+            answered = warm_converts + convert["requests"]
+            if converted <= layout.cycle and convert["shared_pages_after"] < answered:
                 # Every worker is still on its first pass: each answered request made one page shared.
                 raise RuntimeError(
-                    f"{convert['requests']} single-page converts left only {convert['shared_pages_after']} pages shared"
+                    f"{answered} single-page converts left only {convert['shared_pages_after']} pages shared"
                 )
             convert["ratio_to_noop"] = (
                 convert["requests_per_s"] / noop["requests_per_s"] if noop["requests_per_s"] else 0.0
             )
+            convert["round_ratios"] = [
+                b["requests_per_s"] / a["requests_per_s"] if a["requests_per_s"] else 0.0
+                for a, b in zip(runs[NOOP], runs[CONVERT], strict=True)
+            ]
             console.print(f"(c) batches of {batch_ranges} ranges x {range_pages} pages, 1 client ...")
             batch = _run_batches(
                 client,
@@ -626,6 +712,7 @@ def run_bench(*, duration: float, connections: int, batch_ranges: int, range_pag
         "generator": generator,
         "generator_detail": detail,
         "duration_s": duration,
+        "rounds": rounds,
         "connections": connections,
         "server": server,
         "noop": noop,

@@ -160,6 +160,7 @@ def bench(
     connections: Annotated[int, typer.Option(help="concurrent connections")] = 16,
     batch_ranges: Annotated[int, typer.Option(help="ranges per convert batch")] = 1000,
     range_pages: Annotated[int, typer.Option(help="pages per range in batches")] = 64,
+    rounds: Annotated[int, typer.Option(help="alternating rounds of (a) and (b); figures are medians")] = 3,
     json_out: Annotated[bool, typer.Option("--json", help="print the figures as JSON")] = False,
     kvm: Annotated[
         bool, typer.Option("--kvm", help="also measure the kvm backend on /dev/kvm next to the raw syscalls")
@@ -168,7 +169,9 @@ def bench(
     """Start the service on a fresh SQLite file and measure it over loopback."""
     from .bench import run_bench
 
-    figures = run_bench(duration=duration, connections=connections, batch_ranges=batch_ranges, range_pages=range_pages)
+    figures = run_bench(
+        duration=duration, connections=connections, batch_ranges=batch_ranges, range_pages=range_pages, rounds=rounds
+    )
     if kvm:
         from .bench_kvm import run_kvm_bench
 

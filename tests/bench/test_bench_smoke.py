@@ -26,6 +26,17 @@ def _check(figures: dict[str, Any], generator: str) -> None:
     assert figures["noop"]["errors"] == 0
     assert figures["convert"]["errors"] == 0
     assert figures["batch"]["pages_converted"] == figures["batch"]["batches"] * 20 * 4
+    # Alternating rounds; the figures are medians of them, and every round's walk went on where the
+    # last stopped: each answered convert (and the warm-up's) left one more page shared.
+    assert figures["rounds"] == 3
+    for section in ("noop", "convert"):
+        rounds = figures[section]["rounds"]
+        assert len(rounds) == 3
+        assert figures[section]["requests"] == sum(r["requests"] for r in rounds)
+        assert min(r["requests_per_s"] for r in rounds) <= figures[section]["requests_per_s"]
+        assert figures[section]["requests_per_s"] <= max(r["requests_per_s"] for r in rounds)
+    assert len(figures["convert"]["round_ratios"]) == 3
+    assert figures["convert"]["shared_pages_after"] > figures["convert"]["requests"]
 
 
 @pytest.mark.timeout(60)
