@@ -65,7 +65,8 @@ class _Vm:
     key: bytes = field(default_factory=sealing.new_key)
     memfds: dict[str, _Memfd] = field(default_factory=dict)
     slots: dict[int, _Slot] = field(default_factory=dict)
-    attributes: ExtentMap[str] = field(default_factory=ExtentMap)
+    # Never drained (the store keeps the attributes from the domain's map): it records no change.
+    attributes: ExtentMap[str] = field(default_factory=lambda: ExtentMap(record=False))
     # gfn -> pfn - gfn for the shared backing.
     shared: ExtentMap[int] = field(default_factory=ExtentMap)
     # Backings (memfd id, or SHARED_OWNER) whose frame runs changed since the last drain.

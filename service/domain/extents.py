@@ -60,13 +60,15 @@ class Delta(Generic[V]):
 class ExtentMap(Generic[V]):
     """Disjoint, maximal page runs ``[start, end) -> value``; pages outside every run hold None."""
 
-    __slots__ = ("_delta", "_runs")
+    __slots__ = ("_delta", "_record", "_runs")
 
-    def __init__(self, extents: Iterable[Extent[V]] = ()) -> None:
+    def __init__(self, extents: Iterable[Extent[V]] = (), *, record: bool = True) -> None:
+        """``record=False`` for a map nobody drains: it then keeps no copy of its net change."""
         self._runs: SortedDict[int, tuple[int, V]] = SortedDict()
         for ext in extents:
             self._runs[ext.start] = (ext.end, ext.value)
         self._delta: Delta[V] = Delta()
+        self._record = record
 
     # -- queries -------------------------------------------------------------------------------
 
@@ -169,14 +171,17 @@ class ExtentMap(Generic[V]):
         # Touch the sorted index only where keys come or go: rewriting a value in place is a dict store.
         kept = set(old).intersection(new)
         starts = {run[0] for run in new}
+        record = self._record
         for run in old:
             if run not in kept:
-                self._note_removed(Extent(*run))
+                if record:
+                    self._note_removed(Extent(*run))
                 if run[0] not in starts:
                     del runs[run[0]]
         for run in new:
             if run not in kept:
-                self._note_added(Extent(*run))
+                if record:
+                    self._note_added(Extent(*run))
                 runs[run[0]] = (run[1], run[2])
         return changed
 
@@ -198,8 +203,9 @@ class ExtentMap(Generic[V]):
         return delta
 
     def clear(self) -> None:
-        for ext in list(self):
-            self._note_removed(ext)
+        if self._record:
+            for ext in list(self):
+                self._note_removed(ext)
         self._runs.clear()
 
 

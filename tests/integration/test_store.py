@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from pathlib import Path
 
 import pytest
 
@@ -54,3 +55,24 @@ def test_journal_round_trip_and_duplicate_key(fresh_db_url: str) -> None:
     with SqlUnitOfWork(engine) as uow:
         assert [op.id for op in uow.journal.list("vm_store_test", after_seq=0, limit=10)] == ["op_a"]
     engine.dispose()
+
+
+def test_sqlite_connections_are_set_up_for_the_broker(tmp_path: Path) -> None:
+    from sqlalchemy import text
+
+    from service.store.db import WAL_AUTOCHECKPOINT_PAGES
+
+    engine = make_engine(f"sqlite:///{tmp_path}/pragmas.db")
+    with engine.connect() as conn:
+        pragmas = {
+            name: conn.execute(text(f"PRAGMA {name}")).scalar()
+            for name in ("journal_mode", "synchronous", "foreign_keys", "busy_timeout", "wal_autocheckpoint")
+        }
+    engine.dispose()
+    assert pragmas == {
+        "journal_mode": "wal",
+        "synchronous": 1,  # NORMAL
+        "foreign_keys": 1,
+        "busy_timeout": 30000,
+        "wal_autocheckpoint": WAL_AUTOCHECKPOINT_PAGES,
+    }

@@ -364,3 +364,13 @@ def test_sweep_piece_count_depends_on_shift(shift_b: int, expected: int) -> None
     b = ExtentMap([Extent(2, 6, "b")])
     pieces = list(sweep((a, 0), (b, shift_b), start=0, end=8))
     assert len(pieces) == expected
+
+
+def test_a_map_that_does_not_record_keeps_no_delta() -> None:
+    m: ExtentMap[str] = ExtentMap(record=False)
+    m.set(0, 10, "a")
+    m.set(3, 4, "b")
+    m.clear()
+    m.set(5, 6, "a")
+    assert runs(m) == [(5, 6, "a")]
+    assert not m.drain()
