@@ -6,8 +6,6 @@ from typing import Any
 
 from sqlalchemy import Engine, create_engine, event
 
-WAL_AUTOCHECKPOINT_PAGES = 10_000
-
 
 def make_engine(url: str, *, pool_size: int = 10) -> Engine:
     if url.startswith("sqlite"):
@@ -28,12 +26,6 @@ def make_engine(url: str, *, pool_size: int = 10) -> Engine:
             cur.execute("PRAGMA synchronous=NORMAL")
             cur.execute("PRAGMA foreign_keys=ON")
             cur.execute("PRAGMA busy_timeout=30000")
-            # A checkpoint runs inside the commit that crosses the limit, with fsyncs of the WAL and
-            # the database file. At SQLite's default of 1,000 pages that was every ~50 mutation
-            # batches and cost a quarter of the average commit (270 -> 205 us measured without
-            # it); at 10,000 pages (a WAL of up to 40 MiB) a page written by many batches is
-            # copied back once per checkpoint instead of ten times.
-            cur.execute(f"PRAGMA wal_autocheckpoint={WAL_AUTOCHECKPOINT_PAGES}")
             cur.close()
             # Take the write lock when the transaction begins: a deferred transaction that reads
             # and then writes can fail with SQLITE_BUSY at once, whatever the busy timeout.

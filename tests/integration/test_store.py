@@ -60,8 +60,6 @@ def test_journal_round_trip_and_duplicate_key(fresh_db_url: str) -> None:
 def test_sqlite_connections_are_set_up_for_the_broker(tmp_path: Path) -> None:
     from sqlalchemy import text
 
-    from service.store.db import WAL_AUTOCHECKPOINT_PAGES
-
     engine = make_engine(f"sqlite:///{tmp_path}/pragmas.db")
     with engine.connect() as conn:
         pragmas = {
@@ -74,5 +72,5 @@ def test_sqlite_connections_are_set_up_for_the_broker(tmp_path: Path) -> None:
         "synchronous": 1,  # NORMAL
         "foreign_keys": 1,
         "busy_timeout": 30000,
-        "wal_autocheckpoint": WAL_AUTOCHECKPOINT_PAGES,
+        "wal_autocheckpoint": 1000,  # SQLite's default: 10,000 made no faster commits here and p99 2x worse
     }
