@@ -98,8 +98,15 @@ class Mutating:
 
 
 async def mutating(request: Request) -> Mutating:
-    headers = request.headers
-    key = headers.get("idempotency-key")
+    # One pass over the raw headers for both (the first of each wins, as with Headers.get): a
+    # Headers lookup decodes and compares every header, on every mutation.
+    key = if_match = None
+    for name, value in request.scope["headers"]:
+        if name == b"idempotency-key":
+            if key is None:
+                key = value.decode("latin-1")
+        elif name == b"if-match" and if_match is None:
+            if_match = value.decode("latin-1")
     if key is not None and len(key) > IDEMPOTENCY_KEY_MAX:
         # The error FastAPI gives a Header(max_length=...) parameter, so the problem document is the same.
         raise RequestValidationError(
@@ -113,7 +120,7 @@ async def mutating(request: Request) -> Mutating:
                 }
             ]
         )
-    meta = await request_meta(request, key, headers.get("if-match"))
+    meta = await request_meta(request, key, if_match)
     return Mutating(request.app.state.broker, meta)
 
 

@@ -27,7 +27,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 Handler = Callable[[Request], Coroutine[Any, Any, Response]]
-JSON = "application/json"
+JSON = b"application/json"
 
 
 class LeanRoute(APIRoute):
@@ -41,8 +41,12 @@ class LeanRoute(APIRoute):
         endpoint, body_name, model, path_names, dependencies = plan
 
         async def handler(request: Request) -> Response:
-            content_type = request.headers.get("content-type")
-            if content_type is None or content_type.lower() != JSON:
+            for name, value in request.scope["headers"]:
+                if name == b"content-type":
+                    if value.lower() != JSON:
+                        return await full(request)
+                    break
+            else:
                 return await full(request)
             raw = await request.body()
             try:
