@@ -25,6 +25,7 @@ from .operations.events import EventHub
 from .operations.handoff import Tickets
 from .operations.recovery import recover
 from .settings import Settings
+from .store.checkpointer import WalCheckpointer
 from .store.db import make_engine
 from .store.migrate import schema_status
 from .store.uow import SqlUnitOfWork
@@ -61,7 +62,6 @@ def create_app(
     settings = settings or Settings()
     engine = engine or make_engine(settings.database_url, pool_size=settings.db_pool_size)
     backend = backend or make_backend(settings)
-    broker = Broker(uow=lambda: SqlUnitOfWork(engine), backend=backend, max_batch=settings.max_batch)
     # Absolute, because the path is told to clients that may run in another directory.
     handoff = Handoff(Tickets(settings.handoff_ticket_seconds), os.path.abspath(settings.handoff_socket))
     hub = EventHub()
@@ -78,6 +78,9 @@ def create_app(
         if not status.ok:
             raise SchemaMismatch(status.problem())
         recover(broker)
+        checkpointer = WalCheckpointer.for_url(engine.url)
+        if checkpointer is not None:
+            checkpointer.start()
         # Only a backend with real fds has something to hand off (the sim answers export with 501).
         listener = None
         if backend.host_info().details.get("fd_handoff"):
@@ -88,6 +91,8 @@ def create_app(
         yield
         if listener is not None:
             listener.stop()
+        if checkpointer is not None:
+            checkpointer.stop()
         backend.close()
 
     tokens = auth.load_tokens(settings)
