@@ -35,7 +35,10 @@ def _check(figures: dict[str, Any], generator: str) -> None:
         assert figures[section]["requests"] == sum(r["requests"] for r in rounds)
         assert min(r["requests_per_s"] for r in rounds) <= figures[section]["requests_per_s"]
         assert figures[section]["requests_per_s"] <= max(r["requests_per_s"] for r in rounds)
-    assert len(figures["convert"]["round_ratios"]) == 3
+    ratios = figures["convert"]["round_ratios"]
+    assert len(ratios) == 3
+    assert figures["convert"]["ratio_to_noop"] == sorted(ratios)[1]
+    assert figures["convert"]["ratio_of_medians"] > 0
     assert figures["convert"]["shared_pages_after"] > figures["convert"]["requests"]
 
 
