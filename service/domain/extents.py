@@ -56,6 +56,21 @@ class Delta(Generic[V]):
     def inverted(self) -> Delta[V]:
         return Delta(removed=set(self.added), added=set(self.removed))
 
+    def then(self, later: Delta[V]) -> Delta[V]:
+        """The net change of this one followed by ``later`` (neither is changed)."""
+        removed, added = set(self.removed), set(self.added)
+        for ext in later.removed:
+            if ext in added:
+                added.discard(ext)  # came and went within the two
+            else:
+                removed.add(ext)
+        for ext in later.added:
+            if ext in removed:
+                removed.discard(ext)  # went and came back
+            else:
+                added.add(ext)
+        return Delta(removed=removed, added=added)
+
 
 class ExtentMap(Generic[V]):
     """Disjoint, maximal page runs ``[start, end) -> value``; pages outside every run hold None."""

@@ -173,6 +173,38 @@ class Changes:
     maps: dict[MapKey, Delta[Any]] = field(default_factory=dict)
 
 
+def net_changes(group: list[Changes]) -> Changes | None:
+    """One VM's consecutive changes as one, when all of them only change extent maps.
+
+    A group of mutations is written in one transaction; its extents are written as the group's net
+    change (a run one mutation adds and the next removes is never written). None when any of them
+    creates or deletes the VM, a memfd or a memslot: those are written one by one.
+    """
+    first = group[0]
+    merged: dict[MapKey, Delta[Any]] = {}
+    for changes in group:
+        if (
+            changes.created
+            or changes.deleted
+            or changes.memfds_added
+            or changes.memfds_removed
+            or changes.memslots_added
+            or changes.memslots_removed
+            or changes.vm is not first.vm
+        ):
+            return None
+        for key, delta in changes.maps.items():
+            before = merged.get(key)
+            merged[key] = delta if before is None else before.then(delta)
+    return Changes(
+        vm=first.vm,
+        previous_generation=first.previous_generation,
+        previous_state=first.previous_state,
+        previous_updated_at=first.previous_updated_at,
+        maps=merged,
+    )
+
+
 @dataclass(slots=True)
 class ConvertOutcome:
     pages_converted: int = 0

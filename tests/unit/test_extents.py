@@ -374,3 +374,33 @@ def test_a_map_that_does_not_record_keeps_no_delta() -> None:
     m.set(5, 6, "a")
     assert runs(m) == [(5, 6, "a")]
     assert not m.drain()
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    jobs=st.lists(st.lists(update, min_size=1, max_size=4), min_size=1, max_size=6), start=st.lists(update, max_size=6)
+)
+def test_deltas_compose_to_the_net_change(
+    jobs: list[list[tuple[int, int, str | None]]], start: list[tuple[int, int, str | None]]
+) -> None:
+    """Draining after every job and composing with ``then`` is draining once after all of them."""
+    per_job: ExtentMap[str] = ExtentMap()
+    whole: ExtentMap[str] = ExtentMap()
+    for m in (per_job, whole):
+        for a, b, v in start:
+            m.set(min(a, b), max(a, b), v)
+        m.drain()
+    composed: Delta[str] = Delta()
+    for job in jobs:
+        for a, b, v in job:
+            per_job.set(min(a, b), max(a, b), v)
+            whole.set(min(a, b), max(a, b), v)
+        drained = per_job.drain()
+        earlier = composed
+        copies = (set(earlier.removed), set(earlier.added), set(drained.removed), set(drained.added))
+        composed = earlier.then(drained)
+        # then() leaves both operands as they were: the batch's undo path reads each job's own delta.
+        assert (earlier.removed, earlier.added, drained.removed, drained.added) == copies
+    net = whole.drain()
+    assert composed.removed == net.removed
+    assert composed.added == net.added
