@@ -9,9 +9,10 @@ pydantic body, and dependencies that read only the request. For that shape this 
 the raw body with ``model_validate_json`` and calls the endpoint directly.
 
 Only the happy path is taken here. Anything else (another media type, an empty body, a body the
-model refuses, an endpoint of another shape) goes to FastAPI's own handler, so every error a
-client can see (422 documents, their ``loc``, the JSON decode error's position) is FastAPI's,
-byte for byte. The OpenAPI document is untouched: it is built from the route's declaration.
+model refuses, an endpoint of another shape, an app with dependency overrides) goes to FastAPI's
+own handler, so every error a client can see (422 documents, their ``loc``, the JSON decode
+error's position) is FastAPI's, byte for byte. The OpenAPI document is untouched: it is built
+from the route's declaration.
 """
 
 from __future__ import annotations
@@ -41,6 +42,8 @@ class LeanRoute(APIRoute):
         endpoint, body_name, model, path_names, dependencies = plan
 
         async def handler(request: Request) -> Response:
+            if getattr(request.app, "dependency_overrides", None):
+                return await full(request)  # only FastAPI's handler knows how to apply them
             for name, value in request.scope["headers"]:
                 if name == b"content-type":
                     if value.lower() != JSON:

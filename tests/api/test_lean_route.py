@@ -178,3 +178,24 @@ def test_an_idempotent_retry_replays_across_the_paths(client: httpx.Client) -> N
     again = client.post(f"/v1/vms/{vm_id}/convert", json=body, headers={**FASTAPI, **key})
     assert ok(first) == ok(again)
     assert again.headers["idempotent-replayed"] == "true"
+
+
+def test_dependency_overrides_are_honoured(db_url: str) -> None:
+    from service.api.deps import Mutating, mutating
+    from service.operations.journal import RequestMeta
+
+    from ..conftest import RunningServer, make_app
+
+    app = make_app(db_url)
+    seen: list[str | None] = []
+
+    async def overridden(request: Request) -> Mutating:
+        seen.append(request.headers.get("x-probe"))
+        return Mutating(request.app.state.broker, RequestMeta(idempotency_key=None, fingerprint=None, if_match=None))
+
+    app.dependency_overrides[mutating] = overridden
+    with RunningServer(app) as server, httpx.Client(base_url=server.url, timeout=60) as c:
+        vm_id, _ = guest(c, size=16 * PAGE)
+        body = {"ranges": [{"gpa": BASE_GPA, "size": PAGE, "to": "shared"}]}
+        ok(c.post(f"/v1/vms/{vm_id}/convert", json=body, headers={**DIRECT, "x-probe": "direct"}))
+    assert "direct" in seen
