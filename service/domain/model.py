@@ -9,13 +9,12 @@ page at once.
 
 from __future__ import annotations
 
+from bisect import bisect_right
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
 from typing import Any
-
-from sortedcontainers import SortedDict
 
 from . import effects as fx
 from .errors import (
@@ -239,7 +238,10 @@ class Vm:
         self.updated_at = updated_at
         self.memfds: dict[str, Memfd] = {m.id: m for m in memfds}
         self.memslots: dict[int, Memslot] = {s.slot: s for s in memslots}
-        self._by_gfn: SortedDict[int, Memslot] = SortedDict({s.gfn: s for s in self.memslots.values()})
+        # Memslots in gfn order, with their start gfns beside them for bisect: a VM has a handful, and
+        # every mutation of its memory looks them up (more than once), so a plain sorted list serves.
+        self._by_gfn: list[Memslot] = sorted(self.memslots.values(), key=lambda m: m.gfn)
+        self._slot_gfns: list[int] = [m.gfn for m in self._by_gfn]
         self.attributes: ExtentMap[Attribute] = attributes if attributes is not None else ExtentMap()
         self.shared: ExtentMap[Population] = shared if shared is not None else ExtentMap()
         self._changes: Changes | None = None
@@ -306,12 +308,10 @@ class Vm:
 
     def slots_in(self, gfn: int, gfn_end: int) -> Iterator[Memslot]:
         """Memslots overlapping ``[gfn, gfn_end)``, in gfn order."""
-        i = self._by_gfn.bisect_right(gfn) - 1
-        keys = self._by_gfn.keys()
-        if i < 0:
-            i = 0
-        while i < len(keys):
-            slot = self._by_gfn[keys[i]]
+        slots = self._by_gfn
+        i = max(bisect_right(self._slot_gfns, gfn) - 1, 0)
+        while i < len(slots):
+            slot = slots[i]
             if slot.gfn >= gfn_end:
                 break
             if slot.gfn_end > gfn:
@@ -477,7 +477,9 @@ class Vm:
         memslot = Memslot(slot, gfn, npages, memfd_id, pgoff, now)
         self._begin(now).memslots_added.append(memslot)
         self.memslots[slot] = memslot
-        self._by_gfn[gfn] = memslot
+        i = bisect_right(self._slot_gfns, gfn)
+        self._by_gfn.insert(i, memslot)
+        self._slot_gfns.insert(i, gfn)
         starts_private = self.vm_type.has_private_memory and MemfdFlag.INIT_SHARED not in memfd.flags
         attribute = Attribute.PRIVATE if starts_private else Attribute.SHARED
         self.attributes.set(gfn, gfn_end, attribute)
@@ -491,7 +493,9 @@ class Vm:
         memslot = self.memslot(slot)
         changes = self._begin(now)
         del self.memslots[slot]
-        del self._by_gfn[memslot.gfn]
+        i = self._slot_gfns.index(memslot.gfn)
+        del self._by_gfn[i]
+        del self._slot_gfns[i]
         changes.memslots_removed.append(memslot)
         # The attribute array outlives memslots in KVM, but the broker's view covers memslots only.
         self.attributes.set(memslot.gfn, memslot.gfn_end, None)
