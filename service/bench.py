@@ -675,7 +675,7 @@ def run_bench(
             measure(NOOP, 1, min(duration, 1.0))
             measure(CONVERT, 1, min(duration, 1.0))
             warm_converts = converted
-            cpu = {NOOP: 0.0, CONVERT: 0.0}
+            cpu[NOOP] = cpu[CONVERT] = 0.0  # the warm-up is not measured
             runs: dict[str, list[dict[str, Any]]] = {NOOP: [], CONVERT: []}
             for r in range(rounds):
                 for kind in (NOOP, CONVERT) if r % 2 == 0 else (CONVERT, NOOP):

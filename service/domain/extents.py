@@ -56,20 +56,26 @@ class Delta(Generic[V]):
     def inverted(self) -> Delta[V]:
         return Delta(removed=set(self.added), added=set(self.removed))
 
+    def note_removed(self, ext: Extent[V]) -> None:
+        if ext in self.added:
+            self.added.discard(ext)  # came and went since the last drain
+        else:
+            self.removed.add(ext)
+
+    def note_added(self, ext: Extent[V]) -> None:
+        if ext in self.removed:
+            self.removed.discard(ext)  # went and came back
+        else:
+            self.added.add(ext)
+
     def then(self, later: Delta[V]) -> Delta[V]:
         """The net change of this one followed by ``later`` (neither is changed)."""
-        removed, added = set(self.removed), set(self.added)
+        net = Delta(removed=set(self.removed), added=set(self.added))
         for ext in later.removed:
-            if ext in added:
-                added.discard(ext)  # came and went within the two
-            else:
-                removed.add(ext)
+            net.note_removed(ext)
         for ext in later.added:
-            if ext in removed:
-                removed.discard(ext)  # went and came back
-            else:
-                added.add(ext)
-        return Delta(removed=removed, added=added)
+            net.note_added(ext)
+        return net
 
 
 class ExtentMap(Generic[V]):
@@ -145,8 +151,7 @@ class ExtentMap(Generic[V]):
             return 0
         runs = self._runs
         # The runs that overlap ``[start, end)`` or touch it (a merge with a neighbour must be seen),
-        # in order. ``irange`` walks the sorted keys without their positional index, which every
-        # insertion or deletion invalidates and a positional lookup would rebuild.
+        # in order, found without the sorted keys' positional index (see _keys_from_floor).
         old: list[tuple[int, int, V]] = []
         for s in _keys_from_floor(runs, start, end):
             e, v = runs[s]
@@ -186,31 +191,19 @@ class ExtentMap(Generic[V]):
         # Touch the sorted index only where keys come or go: rewriting a value in place is a dict store.
         kept = set(old).intersection(new)
         starts = {run[0] for run in new}
-        record = self._record
+        delta = self._delta if self._record else None
         for run in old:
             if run not in kept:
-                if record:
-                    self._note_removed(Extent(*run))
+                if delta is not None:
+                    delta.note_removed(Extent(*run))
                 if run[0] not in starts:
                     del runs[run[0]]
         for run in new:
             if run not in kept:
-                if record:
-                    self._note_added(Extent(*run))
+                if delta is not None:
+                    delta.note_added(Extent(*run))
                 runs[run[0]] = (run[1], run[2])
         return changed
-
-    def _note_removed(self, ext: Extent[V]) -> None:
-        if ext in self._delta.added:
-            self._delta.added.discard(ext)
-        else:
-            self._delta.removed.add(ext)
-
-    def _note_added(self, ext: Extent[V]) -> None:
-        if ext in self._delta.removed:
-            self._delta.removed.discard(ext)
-        else:
-            self._delta.added.add(ext)
 
     def drain(self) -> Delta[V]:
         """Return the net change since the last drain and start recording anew."""
@@ -220,7 +213,7 @@ class ExtentMap(Generic[V]):
     def clear(self) -> None:
         if self._record:
             for ext in list(self):
-                self._note_removed(ext)
+                self._delta.note_removed(ext)
         self._runs.clear()
 
 

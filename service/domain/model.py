@@ -9,11 +9,12 @@ page at once.
 
 from __future__ import annotations
 
-from bisect import bisect_right
+from bisect import bisect_right, insort
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
+from operator import attrgetter
 from typing import Any
 
 from . import effects as fx
@@ -172,6 +173,9 @@ class Changes:
     maps: dict[MapKey, Delta[Any]] = field(default_factory=dict)
 
 
+_slot_gfn = attrgetter("gfn")
+
+
 def net_changes(group: list[Changes]) -> Changes | None:
     """One VM's consecutive changes as one, when all of them only change extent maps.
 
@@ -238,10 +242,9 @@ class Vm:
         self.updated_at = updated_at
         self.memfds: dict[str, Memfd] = {m.id: m for m in memfds}
         self.memslots: dict[int, Memslot] = {s.slot: s for s in memslots}
-        # Memslots in gfn order, with their start gfns beside them for bisect: a VM has a handful, and
-        # every mutation of its memory looks them up (more than once), so a plain sorted list serves.
-        self._by_gfn: list[Memslot] = sorted(self.memslots.values(), key=lambda m: m.gfn)
-        self._slot_gfns: list[int] = [m.gfn for m in self._by_gfn]
+        # Memslots in gfn order: a VM has a handful, and every mutation of its memory looks them up
+        # (more than once), so a plain sorted list and bisect serve.
+        self._by_gfn: list[Memslot] = sorted(self.memslots.values(), key=_slot_gfn)
         self.attributes: ExtentMap[Attribute] = attributes if attributes is not None else ExtentMap()
         self.shared: ExtentMap[Population] = shared if shared is not None else ExtentMap()
         self._changes: Changes | None = None
@@ -309,7 +312,7 @@ class Vm:
     def slots_in(self, gfn: int, gfn_end: int) -> Iterator[Memslot]:
         """Memslots overlapping ``[gfn, gfn_end)``, in gfn order."""
         slots = self._by_gfn
-        i = max(bisect_right(self._slot_gfns, gfn) - 1, 0)
+        i = max(bisect_right(slots, gfn, key=_slot_gfn) - 1, 0)
         while i < len(slots):
             slot = slots[i]
             if slot.gfn >= gfn_end:
@@ -477,9 +480,7 @@ class Vm:
         memslot = Memslot(slot, gfn, npages, memfd_id, pgoff, now)
         self._begin(now).memslots_added.append(memslot)
         self.memslots[slot] = memslot
-        i = bisect_right(self._slot_gfns, gfn)
-        self._by_gfn.insert(i, memslot)
-        self._slot_gfns.insert(i, gfn)
+        insort(self._by_gfn, memslot, key=_slot_gfn)
         starts_private = self.vm_type.has_private_memory and MemfdFlag.INIT_SHARED not in memfd.flags
         attribute = Attribute.PRIVATE if starts_private else Attribute.SHARED
         self.attributes.set(gfn, gfn_end, attribute)
@@ -493,9 +494,7 @@ class Vm:
         memslot = self.memslot(slot)
         changes = self._begin(now)
         del self.memslots[slot]
-        i = self._slot_gfns.index(memslot.gfn)
-        del self._by_gfn[i]
-        del self._slot_gfns[i]
+        self._by_gfn.remove(memslot)
         changes.memslots_removed.append(memslot)
         # The attribute array outlives memslots in KVM, but the broker's view covers memslots only.
         self.attributes.set(memslot.gfn, memslot.gfn_end, None)

@@ -59,12 +59,12 @@ class WalCheckpointer:
         try:
             while not self._stop.wait(self._interval):
                 try:
-                    # (busy, frames in the log, frames copied back): busy=1 when another checkpoint ran.
-                    _, logged, copied = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+                    # (busy, frames in the log, frames copied back)
+                    _, _, copied = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
                 except sqlite3.Error:
                     log.exception("WAL checkpointer: checkpoint failed; retrying")
                     continue
-                if copied > 0 and logged > 0:
+                if copied > 0:
                     self.checkpoints += 1
         finally:
             conn.close()
