@@ -17,8 +17,6 @@ from collections.abc import Hashable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Generic, NamedTuple, TypeVar
 
-from sortedcontainers import SortedDict
-
 V = TypeVar("V", bound=Hashable)
 
 
@@ -81,13 +79,13 @@ class Delta(Generic[V]):
 class ExtentMap(Generic[V]):
     """Disjoint, maximal page runs ``[start, end) -> value``; pages outside every run hold None."""
 
-    __slots__ = ("_delta", "_record", "_runs")
+    __slots__ = ("_delta", "_record", "_runs", "_starts")
 
     def __init__(self, extents: Iterable[Extent[V]] = (), *, record: bool = True) -> None:
         """``record=False`` for a map nobody drains: it then keeps no copy of its net change."""
-        self._runs: SortedDict[int, tuple[int, V]] = SortedDict()
-        for ext in extents:
-            self._runs[ext.start] = (ext.end, ext.value)
+        # Each run by its start; the starts in order beside it, for floor lookups.
+        self._runs: dict[int, Extent[V]] = {ext.start: _new(Extent, (ext.start, ext.end, ext.value)) for ext in extents}
+        self._starts = _Starts(self._runs)
         self._delta: Delta[V] = Delta()
         self._record = record
 
@@ -97,32 +95,32 @@ class ExtentMap(Generic[V]):
         return len(self._runs)
 
     def __iter__(self) -> Iterator[Extent[V]]:
-        for start, (end, value) in self._runs.items():
-            yield Extent(start, end, value)
+        runs = self._runs
+        for start in self._starts:
+            yield runs[start]
 
     def get(self, page: int) -> V | None:
-        start = _floor_key(self._runs, page)
+        start = self._starts.floor(page)
         if start is None:
             return None
-        end, value = self._runs[start]
-        return value if page < end else None
+        ext = self._runs[start]
+        return ext.value if page < ext.end else None
 
     def extents_in(self, start: int, end: int) -> Iterator[Extent[V]]:
         """Runs overlapping ``[start, end)``, clipped to it, in order."""
         if start >= end:
             return
-        keys = self._runs.keys()
-        i = self._runs.bisect_right(start) - 1
-        if i < 0 or self._runs[keys[i]][0] <= start:
-            i += 1
-        n = len(keys)
-        while i < n:
-            s = keys[i]
+        runs = self._runs
+        for s in self._starts.from_floor(start):
             if s >= end:
-                break
-            e, v = self._runs[s]
-            yield Extent(max(s, start), min(e, end), v)
-            i += 1
+                return
+            ext = runs[s]
+            if ext.end <= start:
+                continue
+            if s >= start and ext.end <= end:
+                yield ext
+            else:
+                yield _new(Extent, (max(s, start), min(ext.end, end), ext.value))
 
     def segments(self, start: int, end: int) -> Iterator[Segment[V]]:
         """Cover ``[start, end)`` exactly: runs clipped to the window, gaps as ``None``."""
@@ -151,12 +149,8 @@ class ExtentMap(Generic[V]):
             return 0
         runs = self._runs
         # The runs that overlap ``[start, end)`` or touch it (a merge with a neighbour must be seen),
-        # in order, found without the sorted keys' positional index (see _keys_from_floor).
-        old: list[tuple[int, int, V]] = []
-        for s in _keys_from_floor(runs, start, end):
-            e, v = runs[s]
-            if e >= start:
-                old.append((s, e, v))
+        # in order: their starts are consecutive among the map's.
+        old = [ext for ext in map(runs.__getitem__, self._starts.span(start, end)) if ext.end >= start]
 
         inside = 0  # pages of [start, end) that hold a value, or with ``value`` given, that value
         for s, e, v in old:
@@ -167,42 +161,40 @@ class ExtentMap(Generic[V]):
             return 0
 
         # Left remainder, the new run, right remainder; a remainder holding ``value`` merges into it.
-        new: list[tuple[int, int, V]] = []
+        new: list[Extent[V]] = []
         lo, hi = start, end
-        right: tuple[int, int, V] | None = None
+        right: Extent[V] | None = None
         if old:
             s, e, v = old[0]
             if s < start:
                 if v == value:
                     lo = s
                 else:
-                    new.append((s, start, v))
+                    new.append(_new(Extent, (s, start, v)))
             s, e, v = old[-1]
             if e > end:
                 if v == value:
                     hi = e
                 else:
-                    right = (end, e, v)
+                    right = _new(Extent, (end, e, v))
         if value is not None:
-            new.append((lo, hi, value))
+            new.append(_new(Extent, (lo, hi, value)))
         if right is not None:
             new.append(right)
 
-        # Touch the sorted index only where keys come or go: rewriting a value in place is a dict store.
-        kept = set(old).intersection(new)
-        starts = {run[0] for run in new}
-        delta = self._delta if self._record else None
-        for run in old:
-            if run not in kept:
-                if delta is not None:
-                    delta.note_removed(Extent(*run))
-                if run[0] not in starts:
-                    del runs[run[0]]
-        for run in new:
-            if run not in kept:
-                if delta is not None:
-                    delta.note_added(Extent(*run))
-                runs[run[0]] = (run[1], run[2])
+        if self._record:
+            delta = self._delta
+            for ext in old:
+                if ext not in new:
+                    delta.note_removed(ext)
+            for ext in new:
+                if ext not in old:
+                    delta.note_added(ext)
+        for ext in old:
+            del runs[ext.start]
+        for ext in new:
+            runs[ext.start] = ext
+        self._starts.replace([ext.start for ext in old], [ext.start for ext in new])
         return changed
 
     def drain(self) -> Delta[V]:
@@ -215,57 +207,146 @@ class ExtentMap(Generic[V]):
             for ext in list(self):
                 self._delta.note_removed(ext)
         self._runs.clear()
+        self._starts = _Starts((), load=self._starts.load)
 
 
-def _floor_key(runs: SortedDict[int, Any], page: int) -> int | None:
-    """The greatest key of ``runs`` at or below ``page`` (read like :func:`_keys_from_floor`)."""
-    keys = runs._list
-    maxes: list[int] = keys._maxes
-    if not maxes:
-        return None
-    pos = bisect_left(maxes, page)
-    if pos == len(maxes):
-        return maxes[-1]
-    sub: list[int] = keys._lists[pos]
-    idx = bisect_right(sub, page)
-    if idx:
-        return sub[idx - 1]
-    return maxes[pos - 1] if pos else None
+# Builds a tuple subclass without its Python-level ``__new__``: a run is made on every update.
+_new = tuple.__new__
+# Keys per sublist of _Starts: a sublist splits at twice this, and merges into a neighbour below half.
+LOAD = 1000
 
 
-def _keys_from_floor(runs: SortedDict[int, Any], start: int, end: int) -> list[int]:
-    """The keys of ``runs`` in ``[start, end]``, after the greatest key below ``start`` if there is one.
+class _Starts:
+    """The starts of a map's runs in order: sorted sublists with each one's last key beside them.
 
-    Reads the sorted key list's sublists directly (sortedcontainers' documented layout: ``_lists``
-    of sorted sublists and ``_maxes``, the last key of each): its public positional and ``irange``
-    paths build an index or a chain of iterators on every call, which was half of the cost of
-    :meth:`ExtentMap.set` on a map of 40,000 runs.
+    The layout of sortedcontainers' SortedList, kept here for what an extent map does with it: find
+    the key at or below a page, and replace the few consecutive keys an update touches in one slice
+    assignment (SortedList would insert and delete them one by one, each a bisect of its own, and
+    rebuild a positional index that nothing here uses).
     """
-    keys = runs._list
-    maxes: list[int] = keys._maxes
-    if not maxes:
-        return []
-    lists: list[list[int]] = keys._lists
-    pos = bisect_left(maxes, start)
-    if pos == len(maxes):
-        return [maxes[-1]]  # every key is below start
-    sub = lists[pos]
-    idx = bisect_left(sub, start)
-    out: list[int] = []
-    if idx:
-        out.append(sub[idx - 1])
-    elif pos:
-        out.append(maxes[pos - 1])
-    while True:
-        for k in range(idx, len(sub)):
-            key = sub[k]
-            if key > end:
+
+    __slots__ = ("lists", "load", "maxes")
+
+    def __init__(self, keys: Iterable[int] = (), *, load: int = LOAD) -> None:
+        ordered = sorted(keys)
+        self.load = load
+        # Equal shares of at most ``load``: none is short, as after updates (see _settle).
+        n, parts = len(ordered), -(-len(ordered) // load)
+        self.lists: list[list[int]] = [ordered[i * n // parts : (i + 1) * n // parts] for i in range(parts)]
+        self.maxes: list[int] = [sub[-1] for sub in self.lists]
+
+    def __iter__(self) -> Iterator[int]:
+        for sub in self.lists:
+            yield from sub
+
+    def floor(self, page: int) -> int | None:
+        """The greatest key at or below ``page``."""
+        maxes = self.maxes
+        pos = bisect_left(maxes, page)
+        if pos == len(maxes):
+            return maxes[-1] if maxes else None
+        sub = self.lists[pos]
+        idx = bisect_right(sub, page)
+        if idx:
+            return sub[idx - 1]
+        return maxes[pos - 1] if pos else None
+
+    def _floor_at(self, page: int) -> tuple[int, int]:
+        """Where the greatest key below or at ``page`` is, or the first key when none is: (sublist, index)."""
+        maxes = self.maxes
+        pos = bisect_left(maxes, page)
+        if pos == len(maxes):
+            return pos - 1, len(self.lists[-1]) - 1
+        idx = bisect_right(self.lists[pos], page) - 1
+        if idx < 0 and pos:
+            return pos - 1, len(self.lists[pos - 1]) - 1
+        return pos, max(idx, 0)
+
+    def from_floor(self, page: int) -> Iterator[int]:
+        """Keys in order from the greatest one at or below ``page`` (from the first if none is)."""
+        if not self.maxes:
+            return
+        pos, idx = self._floor_at(page)
+        lists = self.lists
+        yield from lists[pos][idx:]
+        for sub in lists[pos + 1 :]:
+            yield from sub
+
+    def span(self, start: int, end: int) -> list[int]:
+        """The keys in ``[start, end]``, after the greatest key below ``start`` if there is one."""
+        maxes = self.maxes
+        if not maxes:
+            return []
+        lists = self.lists
+        pos = bisect_left(maxes, start)
+        if pos == len(maxes):
+            return [maxes[-1]]  # every key is below start
+        sub = lists[pos]
+        idx = bisect_left(sub, start)
+        out: list[int] = []
+        if idx:
+            out.append(sub[idx - 1])
+        elif pos:
+            out.append(maxes[pos - 1])
+        while True:
+            for k in range(idx, len(sub)):
+                key = sub[k]
+                if key > end:
+                    return out
+                out.append(key)
+            pos += 1
+            if pos == len(lists):
                 return out
-            out.append(key)
-        pos += 1
-        if pos == len(lists):
-            return out
-        sub, idx = lists[pos], 0
+            sub, idx = lists[pos], 0
+
+    def replace(self, old: list[int], new: list[int]) -> None:
+        """Put ``new`` (sorted) where the consecutive keys ``old`` are; no key lies between them and ``new``."""
+        if old == new:
+            return
+        lists, maxes = self.lists, self.maxes
+        if not lists:
+            if new:
+                lists.append(list(new))
+                maxes.append(new[-1])
+            return
+        at = old[0] if old else new[0]
+        pos = bisect_left(maxes, at)
+        if pos == len(maxes):
+            pos -= 1  # beyond every key: onto the end of the last sublist
+        sub = lists[pos]
+        idx = bisect_left(sub, at)
+        if idx + len(old) > len(sub):
+            # The old keys run into the next sublist (a long update): one key at a time.
+            for key in old:
+                self.replace([key], [])
+            for key in new:
+                self.replace([], [key])
+            return
+        sub[idx : idx + len(old)] = new
+        self._settle(pos)
+
+    def _settle(self, pos: int) -> None:
+        """Restore sublist ``pos``'s bounds after it changed: split when long, merge when short or empty."""
+        lists, maxes, load = self.lists, self.maxes, self.load
+        sub = lists[pos]
+        if len(sub) > 2 * load:
+            half = len(sub) >> 1
+            lists[pos : pos + 1] = [sub[:half], sub[half:]]
+            maxes[pos : pos + 1] = [sub[half - 1], sub[-1]]
+        elif len(sub) >= load >> 1 or len(lists) == 1:
+            if sub:
+                maxes[pos] = sub[-1]
+            else:
+                del lists[pos], maxes[pos]
+        else:
+            # Short: join a neighbour, so that lookups keep few sublists to bisect; split again if long.
+            if pos + 1 == len(lists):
+                pos -= 1
+            joined = lists[pos] + lists[pos + 1]
+            lists[pos : pos + 2] = [joined]
+            maxes[pos : pos + 2] = [joined[-1]]
+            if len(joined) > 2 * load:
+                self._settle(pos)
 
 
 def sweep(*maps: tuple[ExtentMap[Any], int], start: int, end: int) -> Iterator[tuple[int, int, tuple[Any, ...]]]:

@@ -257,8 +257,7 @@ class _Batch:
                     last = len(staged) - 1
                     for i, s in enumerate(staged):
                         uow.vms.apply(s.changes, write_vm=i == last)
-                for s in staged:
-                    uow.journal.add(s.op)
+                uow.journal.add_all([s.op for s in staged])
                 uow.commit()
         except BaseException as exc:
             broker.forget(self.vm_id)

@@ -20,6 +20,7 @@ class VmRepository(Protocol):
 
 class Journal(Protocol):
     def add(self, op: Operation) -> None: ...
+    def add_all(self, ops: list[Operation]) -> None: ...
     def finish(
         self,
         op_id: str,

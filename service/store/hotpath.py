@@ -29,11 +29,8 @@ class HotSql:
         p = "%s" if pg else "?"
         j = "%s::json" if pg else "?"
         self._p = p
-        self.insert_op = (
-            "INSERT INTO operations (id, vm_id, kind, status, request, effects, generation, result, error, "
-            "response_status, idempotency_key, fingerprint, created_at, finished_at) "
-            f"VALUES ({p}, {p}, {p}, {p}, {j}, {j}, {p}, {j}, {j}, {p}, {p}, {p}, {p}, {p}) RETURNING seq"
-        )
+        self._op_row = f"({p}, {p}, {p}, {p}, {j}, {j}, {p}, {j}, {j}, {p}, {p}, {p}, {p}, {p})"
+        self._insert_ops: dict[int, str] = {}
         self.finish_op = (
             f"UPDATE operations SET status = {p}, result = {j}, error = {j}, response_status = {p}, "
             f"finished_at = {p} WHERE id = {p}"
@@ -49,6 +46,17 @@ class HotSql:
     def _marks(self, n: int) -> str:
         """``n`` placeholders for an ``IN (...)`` list."""
         return ", ".join([self._p] * n)
+
+    def insert_ops(self, n: int) -> str:
+        """One statement for ``n`` journal rows; rows come back as (id, seq), in no promised order."""
+        sql = self._insert_ops.get(n)
+        if sql is None:
+            sql = self._insert_ops[n] = (
+                "INSERT INTO operations (id, vm_id, kind, status, request, effects, generation, result, error, "
+                "response_status, idempotency_key, fingerprint, created_at, finished_at) "
+                f"VALUES {', '.join([self._op_row] * n)} RETURNING id, seq"
+            )
+        return sql
 
     def delete_frame_runs(self, n: int) -> str:
         p = self._p

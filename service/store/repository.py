@@ -28,15 +28,17 @@ _VALUE_TYPES: dict[str, type[Attribute] | type[Population]] = {
 }
 # Rows deleted per statement: stays under SQLite's host-parameter limit with room to spare.
 _CHUNK = 300
+# Journal rows inserted per statement (14 parameters each).
+_OPS_CHUNK = 64
 
 
 def _utc(ts: datetime) -> datetime:
     return ts if ts.tzinfo is not None else ts.replace(tzinfo=UTC)
 
 
-def _chunks(items: list[Any]) -> Iterable[list[Any]]:
-    for i in range(0, len(items), _CHUNK):
-        yield items[i : i + _CHUNK]
+def _chunks(items: list[Any], size: int = _CHUNK) -> Iterable[list[Any]]:
+    for i in range(0, len(items), size):
+        yield items[i : i + size]
 
 
 class SqlVmRepository:
@@ -213,33 +215,42 @@ class SqlJournal:
         self.vm_ids: set[str] = set()
 
     def add(self, op: Operation) -> None:
-        self.vm_ids.add(op.vm_id)
+        self.add_all([op])
+
+    def add_all(self, ops: list[Operation]) -> None:
+        """Journal a group's operations in order (their ``seq`` follows it), a few statements for all."""
         sql = hot(self._conn)
-        params = (
-            op.id,
-            op.vm_id,
-            op.kind,
-            op.status.value,
-            sql.js(op.request),
-            sql.js(op.effects),
-            op.generation,
-            sql.js(op.result),
-            sql.js(op.error),
-            op.response_status,
-            op.idempotency_key,
-            op.fingerprint,
-            sql.dt(op.created_at),
-            sql.dt(op.finished_at),
-        )
-        try:
-            cursor = execute(self._conn, sql.insert_op, params)
-        except sql.integrity_error as exc:
-            # Two requests with one key raced past the replay check (they lock different VMs).
-            raise Conflict(
-                f"Idempotency-Key {op.idempotency_key!r} is in use by a concurrent request; retry it"
-            ) from exc
-        op.seq = int(cursor.fetchone()[0])
-        cursor.close()
+        js, dt = sql.js, sql.dt
+        for chunk in _chunks(ops, _OPS_CHUNK):
+            params: list[Any] = []
+            for op in chunk:
+                self.vm_ids.add(op.vm_id)
+                params += (
+                    op.id,
+                    op.vm_id,
+                    op.kind,
+                    op.status.value,
+                    js(op.request),
+                    js(op.effects),
+                    op.generation,
+                    js(op.result),
+                    js(op.error),
+                    op.response_status,
+                    op.idempotency_key,
+                    op.fingerprint,
+                    dt(op.created_at),
+                    dt(op.finished_at),
+                )
+            try:
+                cursor = execute(self._conn, sql.insert_ops(len(chunk)), params)
+            except sql.integrity_error as exc:
+                # Two requests with one key raced past the replay check (they lock different VMs).
+                keys = ", ".join(repr(op.idempotency_key) for op in chunk if op.idempotency_key is not None)
+                raise Conflict(f"Idempotency-Key {keys} is in use by a concurrent request; retry it") from exc
+            seqs = dict(cursor.fetchall())
+            cursor.close()
+            for op in chunk:
+                op.seq = int(seqs[op.id])
 
     def finish(
         self,

@@ -57,6 +57,35 @@ def test_journal_round_trip_and_duplicate_key(fresh_db_url: str) -> None:
     engine.dispose()
 
 
+def test_a_group_is_journalled_in_its_order_in_one_go(fresh_db_url: str) -> None:
+    """``add_all`` (a group commit's journal rows, chunked): seq follows the list, across chunks too."""
+    engine = make_engine(fresh_db_url)
+    # Ids in descending order, so an order taken from the ids rather than the list would show.
+    ops = [_op(f"op_{999 - i:03d}", f"key-{i}" if i % 3 else None) for i in range(150)]
+    with SqlUnitOfWork(engine) as uow:
+        uow.journal.add_all(ops)
+        uow.commit()
+    seqs = [op.seq or 0 for op in ops]
+    assert all(seqs)
+    assert seqs == sorted(seqs)
+    assert len(set(seqs)) == len(seqs)
+    with SqlUnitOfWork(engine) as uow:
+        stored = uow.journal.list("vm_store_test", after_seq=0, limit=1000)
+        assert [(op.id, op.seq) for op in stored] == [(op.id, op.seq) for op in ops]
+        assert stored[1].idempotency_key == "key-1"
+        assert stored[0].idempotency_key is None
+        assert stored[5].request == ops[5].request
+        assert stored[5].created_at == ops[5].created_at
+    # One duplicate key in a group refuses the whole group: nothing of it is journalled.
+    late = [_op("op_x1", None), _op("op_x2", "key-4"), _op("op_x3", "key-new")]
+    with SqlUnitOfWork(engine) as uow, pytest.raises(Conflict, match="key-4"):
+        uow.journal.add_all(late)
+    with SqlUnitOfWork(engine) as uow:
+        assert len(uow.journal.list("vm_store_test", after_seq=0, limit=1000)) == 150
+        assert uow.journal.by_key("key-new") is None
+    engine.dispose()
+
+
 def test_sqlite_connections_are_set_up_for_the_broker(tmp_path: Path) -> None:
     from sqlalchemy import text
 

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from itertools import groupby, pairwise
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from service.domain.extents import Delta, Extent, ExtentMap, sweep
+from service.domain.extents import Delta, Extent, ExtentMap, _Starts, sweep
 
 # The naive model's domain: pages 0..DOMAIN-1; windows and updates may reach a little past it.
 DOMAIN = 64
@@ -46,6 +47,17 @@ def assert_maximal(m: ExtentMap[str]) -> None:
     for (_, e1, v1), (s2, _, v2) in pairwise(rs):
         assert e1 <= s2, f"overlapping runs in {rs}"
         assert not (e1 == s2 and v1 == v2), f"runs not maximal: {rs}"
+    assert_layout(m)
+
+
+def assert_layout(m: ExtentMap[Any]) -> None:
+    """The run starts' sublists: every start once, in order, none empty or over twice the load, maxes beside."""
+    starts = m._starts
+    assert [k for sub in starts.lists for k in sub] == sorted(m._runs)
+    assert starts.maxes == [sub[-1] for sub in starts.lists]
+    assert all(0 < len(sub) <= 2 * starts.load for sub in starts.lists)
+    # A short sublist joins a neighbour, so only a lone one may be under half the load.
+    assert len(starts.lists) == 1 or all(len(sub) >= starts.load >> 1 for sub in starts.lists)
 
 
 # -- examples -----------------------------------------------------------------------------------
@@ -246,14 +258,14 @@ def test_extent_map_matches_naive_model(data: st.DataObject, steps: int) -> None
     check_against_model(data, steps, ExtentMap())
 
 
-# The map reads the sorted keys' sublists directly; a load of 4 (sortedcontainers' default is 1000)
+# The map keeps its run starts in sorted sublists; a load of 4 (the default is 1000)
 # puts the model's few dozen runs across many sublists, so lookups cross sublist boundaries.
 @pytest.mark.timeout(900)
 @settings(max_examples=200, deadline=None)
 @given(data=st.data(), steps=st.integers(0, 60))
 def test_extent_map_over_many_sublists_matches_naive_model(data: st.DataObject, steps: int) -> None:
     m: ExtentMap[str] = ExtentMap()
-    m._runs._list._reset(4)
+    m._starts.load = 4
     check_against_model(data, steps, m)
 
 
@@ -280,13 +292,14 @@ def test_large_scattered_map_matches_naive_model() -> None:
         update(p, p + rng.randint(1, 6))
     # Then updates around where one sublist's keys end and the next's begin.
     for _ in range(300):
-        sublists = m._runs._list._lists
+        sublists = m._starts.lists
         i = rng.randrange(1, len(sublists))
         last, first = sublists[i - 1][-1], sublists[i][0]
         p = rng.randint(last - 2, first + 1)
         update(p, rng.randint(p + 1, max(p + 1, first + 3)))
-    sublists = m._runs._list._lists
+    sublists = m._starts.lists
     assert len(sublists) > 2
+    assert_layout(m)
     # Where the runs of one sublist end and the next sublist's begin: lookups cross there.
     assert any(nxt[0] - prev[-1] > 1 for prev, nxt in pairwise(sublists))
     assert_maximal(m)
@@ -404,3 +417,34 @@ def test_deltas_compose_to_the_net_change(
     net = whole.drain()
     assert composed.removed == net.removed
     assert composed.added == net.added
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    keys=st.sets(st.integers(0, 400), max_size=120),
+    load=st.integers(2, 8),
+    ops=st.lists(
+        st.tuples(st.integers(0, 400), st.integers(0, 6), st.lists(st.integers(0, 400), max_size=4)), max_size=30
+    ),
+)
+def test_starts_replace_keeps_order_and_bounds(
+    keys: set[int], load: int, ops: list[tuple[int, int, list[int]]]
+) -> None:
+    """Replacing consecutive keys, in one sublist or across several, against a plain sorted list."""
+    starts = _Starts(keys, load=load)
+    model = sorted(keys)
+    for at, count, extra in ops:
+        i = next((j for j, k in enumerate(model) if k >= at), len(model))
+        old = model[i : i + count]
+        low = model[i - 1] if i else -1
+        high = model[i + len(old)] if i + len(old) < len(model) else 401
+        new = sorted({k for k in [*old[:1], *extra] if low < k < high})
+        starts.replace(old, new)
+        model[i : i + len(old)] = new
+        assert [k for sub in starts.lists for k in sub] == model
+        assert starts.maxes == [sub[-1] for sub in starts.lists]
+        assert all(0 < len(sub) <= 2 * load for sub in starts.lists)
+        assert len(starts.lists) <= 1 or all(len(sub) >= load >> 1 for sub in starts.lists)
+        for page in (at - 1, at, at + 1):
+            below = [k for k in model if k <= page]
+            assert starts.floor(page) == (below[-1] if below else None)
