@@ -65,8 +65,15 @@ def create_app(
     # Absolute, because the path is told to clients that may run in another directory.
     handoff = Handoff(Tickets(settings.handoff_ticket_seconds), os.path.abspath(settings.handoff_socket))
     hub = EventHub()
+    checkpointer = WalCheckpointer.for_url(engine.url)
+
+    def on_commit(vm_ids: frozenset[str]) -> None:
+        hub.notify(vm_ids)
+        if checkpointer is not None:
+            checkpointer.nudge()
+
     broker = Broker(
-        uow=lambda: SqlUnitOfWork(engine, on_commit=hub.notify),
+        uow=lambda: SqlUnitOfWork(engine, on_commit=on_commit),
         backend=backend,
         max_batch=settings.max_batch,
         events=hub,
@@ -78,7 +85,6 @@ def create_app(
         if not status.ok:
             raise SchemaMismatch(status.problem())
         recover(broker)
-        checkpointer = WalCheckpointer.for_url(engine.url)
         if checkpointer is not None:
             checkpointer.start()
         # Only a backend with real fds has something to hand off (the sim answers export with 501).
@@ -109,6 +115,7 @@ def create_app(
     app.state.settings = settings
     app.state.engine = engine
     app.state.broker = broker
+    app.state.checkpointer = checkpointer
     app.state.handoff = handoff
     app.state.metrics = observed = metrics.Metrics()
     observed.watch(broker)

@@ -67,23 +67,33 @@ class Metrics:
             children = self._http[key] = (self.requests.labels(*labels), self.latency.labels(*labels))
         return children
 
-    def operation_applied(self, kind: str, body: dict[str, Any]) -> None:
-        # Children looked up once per kind: ``labels()`` costs several µs, on every mutation.
-        children = self._operations.get(kind)
-        if children is None:
-            children = self._operations[kind] = (self.operations.labels(kind), self.operation_pages.labels(kind))
-        count, page_count = children
-        count.inc()
-        if kind == "migrate-page":  # one page, or a batch of single pages
-            pages = len(body["moves"]) if body.get("moves") else 1
-        else:
-            pages = sum(v for k, v in body.items() if k.startswith("pages_") and isinstance(v, int))
-        if pages:
-            page_count.inc(pages)
+    def operations_applied(self, applied: list[tuple[str, dict[str, Any]]]) -> None:
+        """Count a group's applied operations: one increment per kind and counter, not per operation."""
+        counts: dict[str, list[int]] = {}
+        for kind, body in applied:
+            if kind == "migrate-page":  # one page, or a batch of single pages
+                pages = len(body["moves"]) if body.get("moves") else 1
+            else:
+                pages = sum(v for k, v in body.items() if k.startswith("pages_") and isinstance(v, int))
+            tally = counts.get(kind)
+            if tally is None:
+                counts[kind] = [1, pages]
+            else:
+                tally[0] += 1
+                tally[1] += pages
+        for kind, (n, pages) in counts.items():
+            # Children looked up once per kind: ``labels()`` costs several µs.
+            children = self._operations.get(kind)
+            if children is None:
+                children = self._operations[kind] = (self.operations.labels(kind), self.operation_pages.labels(kind))
+            count, page_count = children
+            count.inc(n)
+            if pages:
+                page_count.inc(pages)
 
     def watch(self, broker: Broker) -> None:
         """Count the broker's operations, time its backend, and read its VMs at scrape time."""
-        broker.observers.append(self.operation_applied)
+        broker.observers.append(self.operations_applied)
         broker.backend = cast(MemoryBackend, TimedBackend(broker.backend, self.backend_latency))
         self.registry.register(BrokerCollector(broker))
 

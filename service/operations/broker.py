@@ -71,8 +71,9 @@ class Broker:
         self.needs_replay: set[str] = set()
         self.ready = False
         self.reconcile_report: list[str] = []
-        # Told (kind, response body) of each applied operation: the metrics' hook, kept out of the domain.
-        self.observers: list[Callable[[str, dict[str, Any]], None]] = []
+        # Told (kind, response body) of the operations each group applied, in order: the metrics' hook,
+        # kept out of the domain.
+        self.observers: list[Callable[[list[tuple[str, dict[str, Any]]]], None]] = []
 
     def lane(self, vm_id: str) -> tuple[Lane, threading.Lock]:
         """A VM's queue of mutations and the lock that serializes them; other VMs proceed in parallel."""

@@ -307,8 +307,10 @@ class _Batch:
             if s.changes.deleted:
                 self.broker.forget(self.vm_id)
             self._answer(s.job, s.outcome())
+        if applied:
+            done = [(s.job.kind, s.body) for s in applied]
             for observe in self.broker.observers:
-                observe(s.job.kind, s.body)
+                observe(done)
 
     def _leave_pending(self, k: int, err: BaseException, detail: str | None) -> None:
         """Mutation k failed part-way: k.. stay pending, to be replayed in journal order, and say so."""

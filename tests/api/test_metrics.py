@@ -149,3 +149,28 @@ def test_journal_pending_count(fresh_db_url: str, caplog: pytest.LogCaptureFixtu
         assert value(samples, "gmem_broker_operations_total", kind="convert") == 0
         ok(c.post(f"/v1/vms/{vm_id}/memfds/{memfd_id}/punch-hole", json={"offset": MIB - PAGE, "length": PAGE}))
         assert value(scrape(c), "gmem_broker_journal_pending_operations") == 0
+
+
+def test_a_group_is_counted_per_kind_in_one_go() -> None:
+    """What a group commit reports at once: mixed kinds, pages summed per kind, no-page operations counted."""
+    from service.api.metrics import Metrics
+
+    m = Metrics()
+    m.operations_applied(
+        [
+            ("convert", {"operation_id": "op_a", "generation": 2, "pages_converted": 3, "private_pages_freed": 1}),
+            ("allocate", {"operation_id": "op_b", "generation": 3, "pages_allocated": 5}),
+            ("convert", {"operation_id": "op_c", "generation": 4, "pages_converted": 2, "private_pages_freed": 0}),
+            ("migrate-page", {"operation_id": "op_d", "generation": 5, "moves": [{}, {}]}),
+            ("update-vm", {"operation_id": "op_e", "generation": 6}),
+        ]
+    )
+    m.operations_applied([("convert", {"operation_id": "op_f", "generation": 7, "pages_converted": 1})])
+    value = m.registry.get_sample_value
+    assert value("gmem_broker_operations_total", {"kind": "convert"}) == 3
+    assert value("gmem_broker_operation_pages_total", {"kind": "convert"}) == 6  # the pages_* fields only
+    assert value("gmem_broker_operations_total", {"kind": "allocate"}) == 1
+    assert value("gmem_broker_operation_pages_total", {"kind": "allocate"}) == 5
+    assert value("gmem_broker_operation_pages_total", {"kind": "migrate-page"}) == 2
+    assert value("gmem_broker_operations_total", {"kind": "update-vm"}) == 1
+    assert value("gmem_broker_operation_pages_total", {"kind": "update-vm"}) == 0
