@@ -69,11 +69,15 @@ class Delta(Generic[V]):
     def then(self, later: Delta[V]) -> Delta[V]:
         """The net change of this one followed by ``later`` (neither is changed)."""
         net = Delta(removed=set(self.removed), added=set(self.added))
-        for ext in later.removed:
-            net.note_removed(ext)
-        for ext in later.added:
-            net.note_added(ext)
+        net.absorb(later)
         return net
+
+    def absorb(self, later: Delta[V]) -> None:
+        """Become the net change of this one followed by ``later`` (which is not changed)."""
+        for ext in later.removed:
+            self.note_removed(ext)
+        for ext in later.added:
+            self.note_added(ext)
 
 
 class ExtentMap(Generic[V]):

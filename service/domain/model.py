@@ -185,6 +185,9 @@ def net_changes(group: list[Changes]) -> Changes | None:
     """
     first = group[0]
     merged: dict[MapKey, Delta[Any]] = {}
+    # Keys whose merged delta is a copy of our own, changed in place: composing copies into a new
+    # delta each time made a group of n mutations cost O(n^2).
+    owned: set[MapKey] = set()
     for changes in group:
         if (
             changes.created
@@ -198,7 +201,13 @@ def net_changes(group: list[Changes]) -> Changes | None:
             return None
         for key, delta in changes.maps.items():
             before = merged.get(key)
-            merged[key] = delta if before is None else before.then(delta)
+            if before is None:
+                merged[key] = delta  # the mutation's own, copied only if a later one composes with it
+            elif key in owned:
+                before.absorb(delta)
+            else:
+                merged[key] = before.then(delta)
+                owned.add(key)
     return Changes(
         vm=first.vm,
         previous_generation=first.previous_generation,

@@ -675,3 +675,42 @@ def test_counts() -> None:
         "allocated_shared_pages": 2,
         "extents": 2 + 1 + 1,
     }
+
+
+def test_a_groups_net_change_is_the_change_from_its_first_state_to_its_last() -> None:
+    """``net_changes``: what a group commit writes for its mutations' extent maps, computed in place."""
+    import random
+
+    from service.domain.model import net_changes
+
+    rng = random.Random(3)
+    vm = new_vm()
+    add_memfd(vm)
+    add_slot(vm, 0, 0, MEMFD_PAGES)
+    vm.allocate("mfd_a", 0, MEMFD_PAGES, NOW)
+    vm.drain_changes()
+    before: dict[str, set[Extent[Any]]] = {
+        "attribute": set(vm.attributes),
+        "population": set(vm.memfds["mfd_a"].population),
+    }
+    group = []
+    for _ in range(12):  # pages flipped back and forth, so runs come and go within the group
+        gfn = rng.randrange(MEMFD_PAGES - 2)
+        to = rng.choice([Attribute.SHARED, Attribute.PRIVATE])
+        vm.convert([Range(gfn, gfn + rng.randint(1, 2), to)], NOW)
+        changes = vm.drain_changes()
+        if changes is not None:
+            group.append(changes)
+    operands = [{key: (set(d.removed), set(d.added)) for key, d in c.maps.items()} for c in group]
+    net = net_changes(group)
+    assert net is not None
+    after: dict[str, set[Extent[Any]]] = {
+        "attribute": set(vm.attributes),
+        "population": set(vm.memfds["mfd_a"].population),
+    }
+    for name, key in (("attribute", ("attribute", "")), ("population", ("population", "mfd_a"))):
+        delta = net.maps[key]
+        assert delta.removed == before[name] - after[name]
+        assert delta.added == after[name] - before[name]
+    # The mutations' own deltas are left as they were (the undo path reads them).
+    assert [{key: (d.removed, d.added) for key, d in c.maps.items()} for c in group] == operands
