@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from service.domain.extents import Delta, Extent, ExtentMap, _Starts, sweep
+from service.domain.extents import Delta, Extent, ExtentMap, _Runs, sweep
 
 # The naive model's domain: pages 0..DOMAIN-1; windows and updates may reach a little past it.
 DOMAIN = 64
@@ -51,13 +51,17 @@ def assert_maximal(m: ExtentMap[str]) -> None:
 
 
 def assert_layout(m: ExtentMap[Any]) -> None:
-    """The run starts' sublists: every start once, in order, none empty or over twice the load, maxes beside."""
-    starts = m._starts
-    assert [k for sub in starts.lists for k in sub] == sorted(m._runs)
-    assert starts.maxes == [sub[-1] for sub in starts.lists]
-    assert all(0 < len(sub) <= 2 * starts.load for sub in starts.lists)
+    """The runs' sublists: starts in order, ends and values beside them, none empty or over twice the
+    load, maxes beside, and the size kept."""
+    runs = m._runs
+    starts = [k for sub in runs.starts for k in sub]
+    assert starts == sorted(set(starts))
+    assert [len(s) for s in runs.starts] == [len(e) for e in runs.ends] == [len(v) for v in runs.values]
+    assert list(runs.maxes) == [sub[-1] for sub in runs.starts]
+    assert runs.size == len(starts)
+    assert all(0 < len(sub) <= 2 * runs.load for sub in runs.starts)
     # A short sublist joins a neighbour, so only a lone one may be under half the load.
-    assert len(starts.lists) == 1 or all(len(sub) >= starts.load >> 1 for sub in starts.lists)
+    assert len(runs.starts) == 1 or all(len(sub) >= runs.load >> 1 for sub in runs.starts)
 
 
 # -- examples -----------------------------------------------------------------------------------
@@ -265,7 +269,7 @@ def test_extent_map_matches_naive_model(data: st.DataObject, steps: int) -> None
 @given(data=st.data(), steps=st.integers(0, 60))
 def test_extent_map_over_many_sublists_matches_naive_model(data: st.DataObject, steps: int) -> None:
     m: ExtentMap[str] = ExtentMap()
-    m._starts.load = 4
+    m._runs.load = 4
     check_against_model(data, steps, m)
 
 
@@ -292,12 +296,12 @@ def test_large_scattered_map_matches_naive_model() -> None:
         update(p, p + rng.randint(1, 6))
     # Then updates around where one sublist's keys end and the next's begin.
     for _ in range(300):
-        sublists = m._starts.lists
+        sublists = m._runs.starts
         i = rng.randrange(1, len(sublists))
         last, first = sublists[i - 1][-1], sublists[i][0]
         p = rng.randint(last - 2, first + 1)
         update(p, rng.randint(p + 1, max(p + 1, first + 3)))
-    sublists = m._starts.lists
+    sublists = m._runs.starts
     assert len(sublists) > 2
     assert_layout(m)
     # Where the runs of one sublist end and the next sublist's begin: lookups cross there.
@@ -427,24 +431,24 @@ def test_deltas_compose_to_the_net_change(
         st.tuples(st.integers(0, 400), st.integers(0, 6), st.lists(st.integers(0, 400), max_size=4)), max_size=30
     ),
 )
-def test_starts_replace_keeps_order_and_bounds(
-    keys: set[int], load: int, ops: list[tuple[int, int, list[int]]]
-) -> None:
-    """Replacing consecutive keys, in one sublist or across several, against a plain sorted list."""
-    starts = _Starts(keys, load=load)
-    model = sorted(keys)
+def test_runs_replace_keeps_order_and_bounds(keys: set[int], load: int, ops: list[tuple[int, int, list[int]]]) -> None:
+    """Replacing consecutive runs, in one sublist or across several, against a plain sorted list."""
+    runs = _Runs(((k, k + 1000, f"v{k}") for k in keys), load=load)
+    model = [(k, k + 1000, f"v{k}") for k in sorted(keys)]
     for at, count, extra in ops:
-        i = next((j for j, k in enumerate(model) if k >= at), len(model))
+        i = next((j for j, r in enumerate(model) if r[0] >= at), len(model))
         old = model[i : i + count]
-        low = model[i - 1] if i else -1
-        high = model[i + len(old)] if i + len(old) < len(model) else 401
-        new = sorted({k for k in [*old[:1], *extra] if low < k < high})
-        starts.replace(old, new)
-        model[i : i + len(old)] = new
-        assert [k for sub in starts.lists for k in sub] == model
-        assert starts.maxes == [sub[-1] for sub in starts.lists]
-        assert all(0 < len(sub) <= 2 * load for sub in starts.lists)
-        assert len(starts.lists) <= 1 or all(len(sub) >= load >> 1 for sub in starts.lists)
-        for page in (at - 1, at, at + 1):
-            below = [k for k in model if k <= page]
-            assert starts.floor(page) == (below[-1] if below else None)
+        low = model[i - 1][0] if i else -1
+        high = model[i + len(old)][0] if i + len(old) < len(model) else 401
+        new_keys = sorted({k for k in [*(r[0] for r in old[:1]), *extra] if low < k < high})
+        new = [Extent(k, k + 2000, f"w{k}") for k in new_keys]
+        runs.replace(old[0][0] if old else (new_keys[0] if new_keys else at), len(old), new)
+        model[i : i + len(old)] = [(r.start, r.end, r.value) for r in new]
+        assert [(r.start, r.end, r.value) for r in runs] == model
+        assert list(runs.maxes) == [sub[-1] for sub in runs.starts]
+        assert runs.size == len(model)
+        assert all(0 < len(sub) <= 2 * load for sub in runs.starts)
+        assert len(runs.starts) <= 1 or all(len(sub) >= load >> 1 for sub in runs.starts)
+        for page in (at - 1, at, at + 1, at + 1000):
+            below = [r for r in model if r[0] <= page]
+            assert runs.get(page) == (below[-1][2] if below and page < below[-1][1] else None)
