@@ -258,8 +258,10 @@ class _Runs(Generic[V]):
         if not self.maxes:
             return
         pos, idx = self._floor(page)
-        idx = max(idx, 0)
-        yield from zip(self.starts[pos][idx:], self.ends[pos][idx:], self.values[pos][idx:], strict=True)
+        # By index in the first sublist: slicing it would copy up to 2 * load runs for a one-page window.
+        starts, ends, values = self.starts[pos], self.ends[pos], self.values[pos]
+        for k in range(max(idx, 0), len(starts)):
+            yield starts[k], ends[k], values[k]
         for p in range(pos + 1, len(self.starts)):
             yield from zip(self.starts[p], self.ends[p], self.values[p], strict=True)
 
