@@ -42,6 +42,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from statistics import median
 from typing import Any
 
 import httpx
@@ -586,19 +587,13 @@ def _report(figures: dict[str, Any], console: Console) -> None:
     console.print(f"server: {figures['server']}; batches {c['request_bytes']:,} bytes each")
 
 
-def _median(values: list[float]) -> float:
-    ordered = sorted(values)
-    mid = len(ordered) // 2
-    return ordered[mid] if len(ordered) % 2 else (ordered[mid - 1] + ordered[mid]) / 2
-
-
 def _combine(endpoint: str, runs: list[dict[str, Any]], cpu_seconds: float) -> dict[str, Any]:
     """One kind's figures over its rounds: medians, the worst p99, totals, and every round as measured."""
     requests = sum(r["requests"] for r in runs)
     return {
         "endpoint": endpoint,
-        "requests_per_s": _median([r["requests_per_s"] for r in runs]),
-        "p50_ms": _median([r["p50_ms"] for r in runs]),
+        "requests_per_s": median([r["requests_per_s"] for r in runs]),
+        "p50_ms": median([r["p50_ms"] for r in runs]),
         "p99_ms": max(r["p99_ms"] for r in runs),
         "requests": requests,
         "errors": sum(r["errors"] for r in runs),
@@ -699,7 +694,7 @@ def run_bench(
                 b["requests_per_s"] / a["requests_per_s"] if a["requests_per_s"] else 0.0
                 for a, b in zip(runs[NOOP], runs[CONVERT], strict=True)
             ]
-            convert["ratio_to_noop"] = _median(convert["round_ratios"])
+            convert["ratio_to_noop"] = median(convert["round_ratios"])
             convert["ratio_of_medians"] = (
                 convert["requests_per_s"] / noop["requests_per_s"] if noop["requests_per_s"] else 0.0
             )

@@ -43,12 +43,12 @@ class WalCheckpointer:
         self.checkpoints = 0  # passes that copied frames back, for tests and curiosity
 
     @classmethod
-    def for_url(cls, url: str | URL, interval: float | None = None) -> WalCheckpointer | None:
+    def for_url(cls, url: str | URL) -> WalCheckpointer | None:
         """One for a SQLite file URL; None for other databases and in-memory SQLite."""
         parsed = make_url(url)
         if parsed.get_backend_name() != "sqlite" or parsed.database in (None, "", ":memory:"):
             return None
-        return cls(parsed.database, interval)
+        return cls(parsed.database)
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="wal-checkpointer", daemon=True)
